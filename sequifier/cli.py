@@ -1,0 +1,117 @@
+"""`sequifier make|preprocess ...`: parse flags, load the config, run the stage.
+
+Nothing heavy is imported at start-up: each command imports its stage when it runs, so
+`sequifier --help` answers at once.
+"""
+
+import argparse
+import logging
+import random
+import sys
+
+PUBLIC_COMMANDS = "{make,preprocess}"
+
+
+def _none_or_list(values):
+    return None if values == ["None"] else values
+
+
+def _add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-path", default="configs/preprocess.yaml", help="preprocess config (YAML)")
+    parser.add_argument("--data-path", "-dp", help="input table, a file or a folder (overrides data_path)")
+    parser.add_argument("--selected-columns", "-sc", nargs="+", help="feature columns to keep; None keeps all")
+    parser.add_argument("--seed", "-s", type=int, help="seed of the between_sequence split")
+    parser.add_argument("--randomize", "-r", action="store_true", help="use a random seed")
+    parser.add_argument("--output-path", help="folder of the windows (overrides output_path)")
+    parser.add_argument("--metadata-config-path", "-mc", help="where the metadata goes")
+    parser.add_argument("--work-path", help="folder of intermediate files")
+    parser.add_argument("--n-cores", type=int, help="processes working in parallel")
+    parser.add_argument("--n-partitions", type=int, help="parts the table is split into")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sequifier",
+        description="Train causal transformers on tables of sequences: make a project, preprocess its data.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar=PUBLIC_COMMANDS)
+
+    make = commands.add_parser("make", help="create a project folder with configs and example data")
+    make.add_argument("name", help="folder to create (must not exist)")
+
+    preprocess = commands.add_parser("preprocess", help="turn a table of sequences into training windows")
+    _add_preprocess_flags(preprocess)
+
+    step = commands.add_parser("preprocess-step")  # one step of preprocess, for the workflow
+    step.add_argument("step", choices=["partition", "scan", "reduce", "windows", "merge"])
+    step.add_argument("--part", type=int, help="part index (scan, windows)")
+    step.add_argument("--split", type=int, help="split index (merge)")
+    _add_preprocess_flags(step)
+    return parser
+
+
+def _preprocess_overrides(args) -> dict:
+    overrides = {}
+    for flag, key in [("data_path", "data_path"), ("output_path", "output_path"), ("seed", "seed"),
+                      ("metadata_config_path", "metadata_config_path"), ("work_path", "work_path"),
+                      ("n_cores", "n_cores"), ("n_partitions", "n_partitions")]:
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.selected_columns is not None:
+        overrides["selected_columns"] = _none_or_list(args.selected_columns)
+    if args.randomize:
+        overrides["seed"] = random.randrange(2**31)
+    return overrides
+
+
+def _run_preprocess_step(args, config) -> None:
+    from sequifier import preprocess_steps as steps
+    from sequifier.errors import ConfigError
+    from sequifier.metadata import load_metadata
+
+    plan = steps.make_plan(config, args.config_path)
+    needs = {"scan": "part", "windows": "part", "merge": "split"}
+    if args.step in needs and getattr(args, needs[args.step]) is None:
+        raise ConfigError(f"preprocess-step {args.step} needs --{needs[args.step]}")
+    if args.step == "partition":
+        steps.partition(plan)
+    elif args.step == "scan":
+        steps.scan(plan, args.part)
+    elif args.step == "reduce":
+        steps.reduce(plan, plan.metadata_path)
+    elif args.step == "windows":
+        steps.windows(plan, load_metadata(plan.metadata_path), args.part)
+    else:
+        steps.merge(plan, load_metadata(plan.metadata_path), args.split, plan.split_path(args.split))
+
+
+def _dispatch(args) -> None:
+    if args.command == "make":
+        from sequifier.make import make
+
+        make(args.name)
+        return
+    from sequifier import config
+
+    loaded = config.load("preprocess", args.config_path, _preprocess_overrides(args))
+    if args.command == "preprocess":
+        from sequifier.preprocess import run
+
+        run(loaded, args.config_path)
+    else:
+        _run_preprocess_step(args, loaded)
+
+
+def main(argv=None) -> None:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from sequifier.errors import SequifierError
+
+    try:
+        _dispatch(args)
+    except SequifierError as error:
+        print(f"sequifier {args.command}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print(f"sequifier {args.command}: interrupted", file=sys.stderr)
+        sys.exit(130)

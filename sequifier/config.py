@@ -1,0 +1,109 @@
+"""Stage configs: YAML -> overrides -> schema defaults -> validation.
+
+One jsonschema per stage lives in `sequifier/schemas/{stage}.schema.yaml`; every field there
+has a type, a default and a description, and that file is the only place a field is defined.
+"""
+
+import copy
+import difflib
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+
+from sequifier.errors import ConfigError
+
+SCHEMA_DIR = Path(__file__).parent / "schemas"
+STAGES = ("preprocess",)
+
+
+@lru_cache(maxsize=None)
+def load_schema(stage: str) -> dict:
+    return yaml.safe_load((SCHEMA_DIR / f"{stage}.schema.yaml").read_text())
+
+
+def read_yaml(path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys, found {type(data).__name__}")
+    return data
+
+
+def set_dotted(config: dict, key: str, value) -> None:
+    """Set `a.b.c` in a nested dict, creating the intermediate mappings."""
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"{key}: '{part}' is not a mapping, cannot set '{leaf}' inside it")
+    node[leaf] = value
+
+
+def with_defaults(schema: dict, data: dict) -> dict:
+    """Fill every missing key that has a default in the schema, recursively."""
+    result = copy.deepcopy(data)
+    for key, sub in schema.get("properties", {}).items():
+        if key not in result and "default" in sub:
+            result[key] = copy.deepcopy(sub["default"])
+        if isinstance(result.get(key), dict) and "properties" in sub:
+            result[key] = with_defaults(sub, result[key])
+    return result
+
+
+def _key_path(parts) -> str:
+    return ".".join(str(p) for p in parts) or "(top level)"
+
+
+def _describe(error, schema: dict) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        lines = []
+        for key in unknown:
+            full = _key_path([*error.absolute_path, key])
+            close = difflib.get_close_matches(key, allowed, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            lines.append(f"{full}: unknown key{hint}; allowed keys: {', '.join(allowed)}")
+        return "\n".join(lines)
+    if error.validator == "required":
+        missing = error.message.split("'")[1]
+        return f"{_key_path([*error.absolute_path, missing])}: required key is missing"
+    expected = error.schema.get("description", "")
+    detail = f" ({expected})" if expected and error.validator in ("enum", "type", "anyOf") else ""
+    return f"{where}: {error.instance!r} is not valid: {error.message}{detail}"
+
+
+def validate(stage: str, config: dict, source: str) -> None:
+    import jsonschema
+
+    schema = load_schema(stage)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        lines = "\n".join(f"  {_describe(e, schema)}" for e in errors)
+        raise ConfigError(f"{source}: invalid {stage} config:\n{lines}")
+
+
+def resolve(stage: str, data: dict, source: str, overrides: dict | None = None) -> dict:
+    """Apply overrides (dotted keys allowed) and defaults to `data`, then validate."""
+    config = copy.deepcopy(data)
+    for key, value in (overrides or {}).items():
+        set_dotted(config, key, value)
+    config = with_defaults(load_schema(stage), config)
+    validate(stage, config, source)
+    return config
+
+
+def load(stage: str, path, overrides: dict | None = None) -> dict:
+    """Read a stage config file and resolve it; errors name `path`."""
+    return resolve(stage, read_yaml(path), str(path), overrides)

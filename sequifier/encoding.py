@@ -1,0 +1,119 @@
+"""How column values become model inputs: id maps for categorical columns, statistics for real ones.
+
+Id maps send each categorical value to an integer. The ids 0 (unknown/padding), 1 (other: a
+value not in the map) and 2 (mask) are reserved; ordinary values get ids from 3 up, in sorted
+order of the values unless a precomputed map fixes them.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from sequifier.errors import DataError
+
+PADDING_ID, OTHER_ID, MASK_ID = 0, 1, 2
+FIRST_ID = 3
+
+
+def sorted_values(column) -> list:
+    """The distinct values of a column, sorted, as JSON-ready Python values."""
+    return np.sort(pc.unique(column).to_numpy(zero_copy_only=False)).tolist()
+
+
+def merge_sorted_values(value_lists) -> list:
+    return sorted(set().union(*value_lists))
+
+
+def build_id_map(values: list) -> dict:
+    return {value: FIRST_ID + i for i, value in enumerate(values)}
+
+
+def _parse_key(key: str, dtype: str, path: Path):
+    if dtype != "int64":
+        return key
+    try:
+        return int(key)
+    except ValueError:
+        raise DataError(f"{path}: key {key!r} is not an integer, but the column holds integers") from None
+
+
+def load_precomputed_map(path: Path, column: str, dtype: str) -> dict:
+    """A user's fixed id map {value: id}; ids must be distinct integers from 3 up."""
+    if not path.is_file():
+        raise DataError(f"{path}: precomputed id map for column '{column}' not found (use_precomputed_maps)")
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: not valid JSON: {error}") from None
+    if not isinstance(raw, dict) or not raw:
+        raise DataError(f"{path}: expected a non-empty JSON object {{value: id}}")
+    id_map = {}
+    for key, value in raw.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < FIRST_ID:
+            raise DataError(
+                f"{path}: value {key!r} has id {value!r}; ids must be integers from {FIRST_ID} up "
+                f"({PADDING_ID}, {OTHER_ID} and {MASK_ID} are reserved)"
+            )
+        id_map[_parse_key(key, dtype, path)] = value
+    if len(set(id_map.values())) != len(id_map):
+        raise DataError(f"{path}: two values share an id; every value needs its own id")
+    return id_map
+
+
+def id_map_to_json(id_map: dict) -> dict:
+    return {str(k): v for k, v in id_map.items()}
+
+
+def id_map_from_json(raw: dict, dtype: str) -> dict:
+    return {(int(k) if dtype == "int64" else k): v for k, v in raw.items()}
+
+
+def sequence_moments(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence: mean and sum of squared deviations (M2) of a real column."""
+    counts = np.diff(starts)
+    mean = np.add.reduceat(values, starts[:-1]) / counts
+    deviation = values - np.repeat(mean, counts)
+    return mean, np.add.reduceat(deviation * deviation, starts[:-1])
+
+
+def combine_moments(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> tuple[float, float]:
+    """Mean and sample standard deviation of the whole column from per-sequence moments."""
+    total = counts.sum()
+    mean = float(np.sum(counts * means) / total)
+    spread = float(np.sum(m2) + np.sum(counts * (means - mean) ** 2))
+    std = float(np.sqrt(spread / (total - 1))) if total > 1 else 0.0
+    return mean, std
+
+
+class ColumnEncoder:
+    """Encodes the values of the columns of a table with the id maps and statistics of a metadata."""
+
+    def __init__(self, metadata: dict):
+        self.kinds = metadata["column_types"]
+        self.normalize = metadata["normalize_real_columns"]
+        self.statistics = metadata["selected_columns_statistics"]
+        self._lookups = {}
+        for column, raw in metadata["id_maps"].items():
+            id_map = id_map_from_json(raw, metadata["column_dtypes"][column])
+            keys = pd.Index(list(id_map.keys()), dtype=object if metadata["column_dtypes"][column] == "string" else np.int64)
+            self._lookups[column] = (keys, np.fromiter(id_map.values(), dtype=np.int64, count=len(id_map)))
+
+    def encode(self, column: str, values) -> tuple[np.ndarray, int]:
+        """(encoded values, count of categorical values not in the id map)."""
+        if isinstance(values, (pa.Array, pa.ChunkedArray)):
+            values = values.to_numpy(zero_copy_only=False)
+        if self.kinds[column] == "real":
+            values = np.asarray(values, dtype=np.float64)
+            if not self.normalize:
+                return values, 0
+            stats = self.statistics[column]
+            std = stats["std"] if stats["std"] > 0 else 1.0
+            return (values - stats["mean"]) / std, 0
+        keys, ids = self._lookups[column]
+        index = keys.get_indexer(values)
+        unknown = index < 0
+        return np.where(unknown, OTHER_ID, ids[index]), int(unknown.sum())

@@ -1,0 +1,13 @@
+"""The errors sequifier raises for a user to read: a message, never a traceback."""
+
+
+class SequifierError(Exception):
+    """Bad input from the user; the CLI prints the message and exits with status 2."""
+
+
+class ConfigError(SequifierError):
+    """A config file or a command-line override is invalid."""
+
+
+class DataError(SequifierError):
+    """An input table (or a file derived from it) is invalid."""

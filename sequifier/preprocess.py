@@ -1,0 +1,115 @@
+"""`sequifier preprocess`: run every step of preprocessing, parts in parallel, outputs atomically.
+
+Intermediate files live in a work folder; the windows and the metadata are moved to their
+places only when everything succeeded. `continue_preprocessing` resumes from the work folder of
+an interrupted run, skipping the steps already done.
+"""
+
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from sequifier import metadata as meta
+from sequifier import preprocess_steps as steps
+from sequifier.errors import ConfigError, SequifierError
+from sequifier.files import publish, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+
+def _fingerprint(plan: steps.Plan) -> dict:
+    files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in plan.files]
+    return {"config": meta.recorded_config(plan.config), "files": files, "n_parts": plan.n_parts}
+
+
+def _prepare_work(plan: steps.Plan) -> None:
+    marker = plan.work / "fingerprint.json"
+    fingerprint = _fingerprint(plan)
+    if plan.config["continue_preprocessing"] and marker.is_file():
+        if read_json(marker) != fingerprint:
+            raise ConfigError(
+                f"{plan.source}: continue_preprocessing: the work folder {plan.work} was made from another "
+                "config or input; delete it or set continue_preprocessing: false"
+            )
+        logger.info("continuing from %s", plan.work)
+        return
+    shutil.rmtree(plan.work, ignore_errors=True)
+    write_json(marker, fingerprint)
+
+
+def _init_worker(level: int) -> None:
+    import pyarrow
+
+    pyarrow.set_cpu_count(1)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+class _Runner:
+    """Runs a step over items, in a pool of `n_cores` processes or in this process."""
+
+    def __init__(self, n_cores: int):
+        self.pool = None
+        if n_cores > 1:
+            self.pool = ProcessPoolExecutor(
+                n_cores, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker, initargs=(logging.getLogger().level,),
+            )
+
+    def map(self, description: str, function, items, *args) -> None:
+        from tqdm import tqdm
+
+        items = list(items)
+        bar = tqdm(total=len(items), desc=description, unit="part", disable=not sys.stderr.isatty())
+        if self.pool is None:
+            for item in items:
+                function(*args, item)
+                bar.update()
+        else:
+            futures = [self.pool.submit(function, *args, item) for item in items]
+            for future in futures:
+                future.result()
+                bar.update()
+        bar.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def run(config: dict, source: str = "preprocess config") -> dict:
+    """Preprocess the table of `config` (a resolved preprocess config); returns the metadata."""
+    started = time.perf_counter()
+    plan = steps.make_plan(config, source)
+    _prepare_work(plan)
+    n_splits = len(config["split_ratios"])
+    outputs = plan.work / "outputs"
+    runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
+    try:
+        steps.partition(plan)
+        runner.map("scan", steps.scan, [p for p in range(plan.n_parts) if not plan.scan_path(p).is_file()], plan)
+        metadata = steps.reduce(plan, plan.work / "metadata.json")
+        runner.map("windows", steps.windows, range(plan.n_parts), plan, metadata)
+        for k in range(n_splits):
+            target = outputs / plan.split_path(k).name
+            if not target.exists():
+                steps.merge(plan, metadata, k, target)
+    except SequifierError:
+        shutil.rmtree(plan.work, ignore_errors=True)
+        raise
+    finally:
+        runner.close()
+    for k in range(n_splits):
+        publish(outputs / plan.split_path(k).name, plan.split_path(k))
+    publish(plan.work / "metadata.json", plan.metadata_path)
+    shutil.rmtree(plan.work, ignore_errors=True)
+    windows = ", ".join(f"{name} {count:,}" for name, count in metadata["n_windows"].items())
+    logger.info(
+        "preprocessed %s rows, %s sequences into windows (%s) in %.1f s; metadata: %s",
+        f"{metadata['n_rows']:,}", f"{metadata['n_sequences']:,}", windows,
+        time.perf_counter() - started, plan.metadata_path,
+    )
+    return metadata

@@ -1,0 +1,300 @@
+"""The steps of preprocessing, over parts of the table (each part holds whole sequences):
+
+    partition -> scan {part} -> reduce (metadata) -> windows {part} -> merge {split}
+
+`sequifier.preprocess.run` executes them with a process pool; the Snakemake workflow runs each
+as its own job through `sequifier preprocess-step`. Outputs do not depend on the number of parts.
+"""
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sequifier import encoding, metadata as meta
+from sequifier.errors import ConfigError, DataError
+from sequifier.files import atomic_path, read_json, write_json
+from sequifier.partition import Part, read_part, seeded_uniform, sort_part, write_parts
+from sequifier.table import SEQUENCE, POSITION, Columns, input_files, read_batches, resolve_columns
+from sequifier.window_files import read_ipc, value_type, window_table, write_ipc, write_windows
+from sequifier.windows import UnevenStride, split_bounds, window_counts, windows_of_split
+
+logger = logging.getLogger(__name__)
+BYTES_PER_PART = 128 << 20
+WINDOWS_PER_CHUNK = 32768
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything fixed before the data is read: inputs, columns, parts and where files go."""
+
+    config: dict
+    source: str  # the config file, for error messages
+    root: Path
+    files: tuple
+    read_format: str
+    name: str
+    columns: Columns
+    n_parts: int
+    strides: tuple
+    merged: bool
+    output: Path
+    work: Path
+    metadata_path: Path
+
+    def part_path(self, p: int) -> Path:
+        return self.work / "parts" / f"part-{p:05d}.parquet"
+
+    def scan_path(self, p: int) -> Path:
+        return self.work / "scans" / f"part-{p:05d}.json"
+
+    def windows_path(self, p: int) -> Path:
+        return self.work / "windows" / f"part-{p:05d}"
+
+    def split_path(self, k: int) -> Path:
+        suffix = f".{self.config['write_format']}" if self.merged else ""
+        return self.output / f"{self.name}-split{k}{suffix}"
+
+
+def make_plan(config: dict, source: str = "preprocess config") -> Plan:
+    """Check what the schema cannot and read the input's header."""
+    ratios, fmt = config["split_ratios"], config["write_format"]
+    if not math.isclose(sum(ratios), 1.0, abs_tol=1e-6):
+        raise ConfigError(f"{source}: split_ratios: {ratios} sum to {sum(ratios):g}; they must sum to 1")
+    strides = config["stride_by_split"] or [config["seq_length"]] * len(ratios)
+    if len(strides) != len(ratios):
+        raise ConfigError(
+            f"{source}: stride_by_split: {strides} has {len(strides)} values; "
+            f"expected one per split ({len(ratios)}, as split_ratios)"
+        )
+    merged = config["merge_output"] if config["merge_output"] is not None else fmt != "pt"
+    if merged and fmt == "pt":
+        raise ConfigError(f"{source}: merge_output: true with write_format pt; pt always writes a folder of shards")
+    root = Path(config["project_root"])
+    data_path = root / config["data_path"]
+    files, read_format = input_files(data_path, config["read_format"])
+    columns = resolve_columns(files, read_format, config["selected_columns"], config["column_types"])
+    for column in config["use_precomputed_maps"] or []:
+        if columns.kinds.get(column) != "categorical":
+            raise ConfigError(
+                f"{source}: use_precomputed_maps: '{column}' is not a categorical feature column "
+                f"(categorical: {columns.categorical()})"
+            )
+    if config["process_by_file"]:
+        n_parts = len(files)
+    else:
+        n_cores = config["n_cores"] or os.cpu_count() or 1
+        size = sum(f.stat().st_size for f in files)
+        n_parts = config["n_partitions"] or max(n_cores, math.ceil(size / BYTES_PER_PART))
+    name = data_path.stem if data_path.is_file() else data_path.name
+    output = root / config["output_path"]
+    metadata_path = root / (config["metadata_config_path"] or f"configs/metadata_configs/{name}.json")
+    work = root / config["work_path"] if config["work_path"] else output / f".{name}-work"
+    return Plan(config, source, root, tuple(files), read_format, name, columns, n_parts,
+                tuple(strides), merged, output, work, metadata_path)
+
+
+# --- partition -----------------------------------------------------------------------------
+
+
+def partition(plan: Plan) -> None:
+    """Route every row to the part of its sequence (nothing to do when parts are files)."""
+    if plan.config["process_by_file"]:
+        return
+    folder = plan.part_path(0).parent
+    if folder.is_dir():
+        return
+    with atomic_path(folder) as tmp:
+        tmp.mkdir()
+        paths = [tmp / plan.part_path(p).name for p in range(plan.n_parts)]
+        batches = read_batches(list(plan.files), plan.read_format, plan.columns, plan.config["max_rows"])
+        write_parts(batches, plan.n_parts, plan.columns.part_schema(), paths)
+
+
+def load_part(plan: Plan, p: int) -> Part:
+    if plan.config["process_by_file"]:
+        files = [plan.files[p]]
+        tables = [t for _, t in read_batches(files, plan.read_format, plan.columns, plan.config["max_rows"])]
+        table = pa.concat_tables(tables) if tables else plan.columns.part_schema().empty_table()
+    else:
+        files = list(plan.files)
+        table = read_part(plan.part_path(p))
+    return sort_part(table, files, plan.read_format)
+
+
+def part_bounds(plan: Plan, part: Part) -> np.ndarray:
+    ratios = plan.config["split_ratios"]
+    assigned = None
+    if plan.config["split_method"] == "between_sequence":
+        cumulative = np.cumsum(ratios)[:-1] / np.sum(ratios)
+        assigned = np.searchsorted(cumulative, seeded_uniform(part.sequence_hashes(), plan.config["seed"]), side="right")
+    return split_bounds(part.lengths, ratios, assigned)
+
+
+# --- scan ----------------------------------------------------------------------------------
+
+
+def scan(plan: Plan, p: int) -> None:
+    """Per part: distinct categorical values, per-sequence moments of real columns, counts."""
+    part = load_part(plan, p)
+    config = plan.config
+    bounds = part_bounds(plan, part)
+    try:
+        n_windows = window_counts(bounds, config["seq_length"], plan.strides, config["subsequence_start_mode"])
+    except UnevenStride as error:
+        sequence = part.sequence_ids()[error.sequence].as_py()
+        k = next(k for k, s in enumerate(plan.strides) if s == error.stride)
+        raise DataError(
+            f"{plan.source}: subsequence_start_mode 'exact': in split {k} the windows of sequence "
+            f"{sequence!r} can start over a span of {error.span} items, which stride_by_split[{k}] = "
+            f"{error.stride} does not divide ({error.count} sequences of part {p} alike); "
+            "use subsequence_start_mode 'distribute' or a stride that divides"
+        ) from None
+    lengths = part.lengths
+    sequences = {SEQUENCE: part.sequence_ids(), "hash": pa.array(part.sequence_hashes()), "length": pa.array(lengths)}
+    for column in plan.columns.real():
+        mean, m2 = encoding.sequence_moments(part.table.column(column).to_numpy(), part.starts)
+        sequences[f"{column}.mean"], sequences[f"{column}.m2"] = pa.array(mean), pa.array(m2)
+    summary = {
+        "rows": int(lengths.sum()),
+        "sequences": len(lengths),
+        "items": np.diff(bounds, axis=1).sum(axis=0).tolist(),
+        "windows": n_windows,
+        "values": {c: encoding.sorted_values(part.table.column(c)) for c in plan.columns.categorical()},
+    }
+    with atomic_path(plan.scan_path(p).with_suffix(".parquet")) as tmp:
+        pq.write_table(pa.table(sequences), tmp)
+    write_json(plan.scan_path(p), summary)
+
+
+# --- reduce --------------------------------------------------------------------------------
+
+
+def _id_maps(plan: Plan, scans: list) -> dict:
+    id_maps = {}
+    precomputed = plan.config["use_precomputed_maps"] or []
+    for column in plan.columns.categorical():
+        values = encoding.merge_sorted_values(s["values"][column] for s in scans)
+        if column not in precomputed:
+            id_maps[column] = encoding.build_id_map(values)
+            continue
+        dtype = str(plan.columns.schema.field(column).type)
+        path = plan.root / plan.config["id_maps_path"] / f"{column}.json"
+        id_maps[column] = encoding.load_precomputed_map(path, column, "int64" if dtype == "int64" else "string")
+        unseen = [v for v in values if v not in id_maps[column]]
+        if unseen:
+            logger.warning(
+                "%d distinct values of column '%s' are not in %s and get id %d (other), e.g. %r",
+                len(unseen), column, path, encoding.OTHER_ID, unseen[:3],
+            )
+    return id_maps
+
+
+def _statistics(plan: Plan, sequences: pa.Table) -> dict:
+    lengths = sequences.column("length").to_numpy()
+    statistics = {}
+    for column in plan.columns.real():
+        mean, std = encoding.combine_moments(
+            lengths, sequences.column(f"{column}.mean").to_numpy(), sequences.column(f"{column}.m2").to_numpy()
+        )
+        statistics[column] = {"mean": mean, "std": std}
+    return statistics
+
+
+def _check_sequences_unique(plan: Plan, sequences: pa.Table, part_sizes: list) -> None:
+    """With one part per file, a sequence must not continue in another file."""
+    ids = sequences.column(SEQUENCE).to_numpy(zero_copy_only=False)
+    _, first, counts = np.unique(ids, return_index=True, return_counts=True)
+    if np.any(counts > 1):
+        repeated = ids[first[np.argmax(counts > 1)]]
+        owners = np.repeat(np.arange(len(part_sizes)), part_sizes)[ids == repeated]
+        names = ", ".join(str(plan.files[i]) for i in owners)
+        raise DataError(
+            f"sequence {repeated!r} appears in several files ({names}); with process_by_file every "
+            "sequence must lie in one file (or set process_by_file: false)"
+        )
+
+
+def reduce(plan: Plan, metadata_path: Path) -> dict:
+    """Merge the scans into id maps and statistics; write the metadata."""
+    config = plan.config
+    scans = [read_json(plan.scan_path(p)) for p in range(plan.n_parts)]
+    sequences = pa.concat_tables(pq.read_table(plan.scan_path(p).with_suffix(".parquet")) for p in range(plan.n_parts))
+    n_rows = sum(s["rows"] for s in scans)
+    if n_rows == 0:
+        raise DataError(f"{plan.root / config['data_path']}: the table has no rows")
+    if config["process_by_file"]:
+        _check_sequences_unique(plan, sequences, [s["sequences"] for s in scans])
+    id_maps = _id_maps(plan, scans)
+    names = meta.split_names(len(config["split_ratios"]))
+    metadata = {
+        "format": meta.FORMAT,
+        "sequifier_version": meta.__version__,
+        "data_path": config["data_path"],
+        "input_hash": meta.content_hash(list(plan.files)),
+        "columns": list(plan.columns.features),
+        "column_types": dict(plan.columns.kinds),
+        "column_dtypes": {c: str(plan.columns.schema.field(c).type) for c in plan.columns.features},
+        "categorical_columns": plan.columns.categorical(),
+        "real_columns": plan.columns.real(),
+        "id_maps": {c: encoding.id_map_to_json(m) for c, m in id_maps.items()},
+        "n_classes": {c: max(m.values(), default=encoding.FIRST_ID - 1) + 1 for c, m in id_maps.items()},
+        "selected_columns_statistics": _statistics(plan, sequences),
+        "normalize_real_columns": config["normalize_real_columns"],
+        "seq_length": config["seq_length"],
+        "split_method": config["split_method"],
+        "split_ratios": config["split_ratios"],
+        "split_names": names,
+        "split_paths": [os.path.relpath(plan.split_path(k), plan.root) for k in range(len(names))],
+        "write_format": config["write_format"],
+        "merge_output": plan.merged,
+        "n_rows": n_rows,
+        "n_sequences": sum(s["sequences"] for s in scans),
+        "n_items": dict(zip(names, np.sum([s["items"] for s in scans], axis=0).tolist())),
+        "n_windows": dict(zip(names, np.sum([s["windows"] for s in scans], axis=0).tolist())),
+        "preprocess_config": meta.recorded_config(config),
+    }
+    write_json(metadata_path, metadata)
+    return metadata
+
+
+# --- windows and merge ---------------------------------------------------------------------
+
+
+def windows(plan: Plan, metadata: dict, p: int) -> None:
+    """Encode a part and cut it into the windows of every split (Arrow IPC, one file per split)."""
+    target = plan.windows_path(p)
+    if target.is_dir():
+        return
+    part = load_part(plan, p)
+    encoder = encoding.ColumnEncoder(metadata)
+    dtype = value_type(metadata)
+    numpy_type = dtype.to_pandas_dtype()
+    encoded = {c: encoder.encode(c, part.table.column(c))[0].astype(numpy_type) for c in plan.columns.features}
+    positions = part.table.column(POSITION).to_numpy()
+    ids = part.sequence_ids()
+    bounds = part_bounds(plan, part)
+    seq_length, mode = plan.config["seq_length"], plan.config["subsequence_start_mode"]
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        for k, stride in enumerate(plan.strides):
+            split = windows_of_split(bounds, k, seq_length, stride, mode)
+            chunks = range(0, max(len(split), 1), WINDOWS_PER_CHUNK)
+            tables = (
+                window_table(ids, positions, part.starts, encoded, split.slice(i, i + WINDOWS_PER_CHUNK), seq_length, dtype)
+                for i in chunks
+            )
+            write_ipc(tmp / f"split{k}.arrow", tables)
+
+
+def merge(plan: Plan, metadata: dict, k: int, target: Path) -> None:
+    """Concatenate split k of every part, in order, into its output file or folder of shards."""
+    tables = (t for p in range(plan.n_parts) for t in read_ipc(plan.windows_path(p) / f"split{k}.arrow"))
+    with atomic_path(target) as tmp:
+        write_windows(tmp, tables, plan.config["write_format"], plan.merged, list(plan.columns.features),
+                      metadata["column_types"], plan.config["batches_per_file"])

@@ -1,0 +1,102 @@
+"""Splits and windows as index arithmetic over sorted sequences (numpy, no Python loops).
+
+A window holds W + 1 consecutive items of one sequence (W = seq_length), stored oldest first.
+Windows of split k end on an item of split k and may take context from before it; a segment
+shorter than W + 1 items is left-padded. A window is described by its sequence, its index in
+that sequence and split (subsequenceId) and `offset`: the index, within the sequence, of its
+first slot (negative when the window starts with padding).
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sequifier.errors import DataError
+
+
+def split_bounds(lengths: np.ndarray, ratios, assigned_split: np.ndarray | None) -> np.ndarray:
+    """Item boundaries [n_sequences, n_splits + 1]: split k holds items b[k] <= i < b[k + 1].
+
+    within_sequence (assigned_split None): each sequence is cut by the ratios, rounding to the
+    nearest item. between_sequence: a sequence lies wholly in its assigned split.
+    """
+    n_splits = len(ratios)
+    lengths = lengths.astype(np.int64)
+    if assigned_split is None:
+        cumulative = np.concatenate([[0.0], np.cumsum(ratios)[:-1] / np.sum(ratios), [1.0]])
+        return np.floor(np.outer(lengths, cumulative) + 0.5).astype(np.int64)
+    bounds = np.zeros((len(lengths), n_splits + 1), dtype=np.int64)
+    after = np.arange(n_splits + 1)[None, :] > assigned_split[:, None]
+    bounds[after] = np.broadcast_to(lengths[:, None], bounds.shape)[after]
+    return bounds
+
+
+@dataclass
+class Windows:
+    """The windows of one split, ordered by sequence, then subsequenceId."""
+
+    sequence: np.ndarray  # index of the sequence (in the part's sorted order)
+    subsequence: np.ndarray  # index of the window within its sequence and split
+    offset: np.ndarray  # index in the sequence of the window's first slot; < 0 means padding
+
+    def __len__(self) -> int:
+        return len(self.sequence)
+
+    def slice(self, start: int, stop: int) -> "Windows":
+        return Windows(self.sequence[start:stop], self.subsequence[start:stop], self.offset[start:stop])
+
+
+def windows_of_split(bounds: np.ndarray, k: int, seq_length: int, stride: int, mode: str) -> Windows:
+    """The windows of split k for every sequence, given split boundaries from `split_bounds`."""
+    lo, hi = bounds[:, k], bounds[:, k + 1]
+    active = np.flatnonzero(hi > lo)
+    segment_start = np.maximum(0, lo[active] - seq_length)
+    size = hi[active] - segment_start
+    padding = np.maximum(0, seq_length + 1 - size)
+    span = size + padding - seq_length - 1  # how far the first window's start can move
+    if mode == "exact":
+        uneven = np.flatnonzero(span % stride)
+        if len(uneven):
+            raise UnevenStride(int(active[uneven[0]]), int(span[uneven[0]]), stride, len(uneven))
+        counts = span // stride + 1
+    else:
+        counts = -(-span // stride) + 1
+    total = int(counts.sum())
+    segment = np.repeat(np.arange(len(active)), counts)
+    first_of_segment = np.cumsum(counts) - counts
+    j = np.arange(total, dtype=np.int64) - np.repeat(first_of_segment, counts)
+    if mode == "exact":
+        start = j * stride
+    else:
+        gaps = np.maximum(counts - 1, 1)[segment]
+        start = (2 * j * span[segment] + gaps) // (2 * gaps)
+        start = np.where(counts[segment] == 1, 0, start)
+    offset = segment_start[segment] - padding[segment] + start
+    return Windows(sequence=active[segment], subsequence=j, offset=offset)
+
+
+def window_counts(bounds: np.ndarray, seq_length: int, strides, mode: str) -> list[int]:
+    return [len(windows_of_split(bounds, k, seq_length, s, mode)) for k, s in enumerate(strides)]
+
+
+class UnevenStride(DataError):
+    """subsequence_start_mode exact, but a segment's span is not a multiple of the stride."""
+
+    def __init__(self, sequence: int, span: int, stride: int, count: int):
+        self.sequence, self.span, self.stride, self.count = sequence, span, stride, count
+        super().__init__(f"stride {stride} does not divide span {span}")
+
+
+def gather(values: np.ndarray, seq_start: np.ndarray, windows: Windows, seq_length: int, fill=0):
+    """The window matrix [n_windows, W + 1] of one column, padding slots set to `fill`."""
+    relative = windows.offset[:, None] + np.arange(seq_length + 1)[None, :]
+    rows = seq_start[windows.sequence][:, None] + relative
+    out = values[np.maximum(rows, 0)]
+    out[relative < 0] = fill
+    return out
+
+
+def start_positions(positions: np.ndarray, seq_start: np.ndarray, windows: Windows) -> np.ndarray:
+    """itemPosition of each window's first slot, counting back one per padding slot."""
+    first_real = seq_start[windows.sequence] + np.maximum(windows.offset, 0)
+    return positions[first_real] + np.minimum(windows.offset, 0)
