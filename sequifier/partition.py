@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.ipc as ipc
 
 from sequifier.errors import DataError
 from sequifier.table import POSITION, SEQUENCE, SOURCE_FILE, SOURCE_ROW, describe_row
@@ -44,8 +44,8 @@ def part_of(hashes: np.ndarray, n_parts: int) -> np.ndarray:
 
 
 def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> int:
-    """Route the rows of every batch to the parquet file of their part; returns the row count."""
-    writers = [pq.ParquetWriter(path, schema) for path in paths]
+    """Route the rows of every batch to the Arrow IPC file of their part; returns the row count."""
+    writers = [ipc.new_file(path, schema) for path in paths]
     rows = 0
     try:
         for _, table in batches:
@@ -54,7 +54,7 @@ def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> 
             bounds = np.searchsorted(parts[order], np.arange(n_parts + 1))
             for p in range(n_parts):
                 if bounds[p + 1] > bounds[p]:
-                    writers[p].write_table(table.take(order[bounds[p] : bounds[p + 1]]))
+                    writers[p].write_table(take(table, order[bounds[p] : bounds[p + 1]]))
             rows += table.num_rows
     finally:
         for writer in writers:
@@ -62,43 +62,66 @@ def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> 
     return rows
 
 
+def read_arrow(path: Path) -> pa.Table:
+    """An Arrow IPC file, memory-mapped."""
+    with pa.memory_map(str(path)) as source:
+        return ipc.open_file(source).read_all()
+
+
+def take(table: pa.Table, indices: np.ndarray) -> pa.Table:
+    """Rows `indices` of a table (numeric columns through numpy, which is faster on many chunks)."""
+    arrays = []
+    for column in table.columns:
+        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type):
+            arrays.append(pa.array(column.to_numpy()[indices]))
+        else:
+            arrays.append(column.combine_chunks().take(pa.array(indices)))
+    return pa.table(arrays, names=table.column_names)
+
+
 @dataclass
 class Part:
     """One part's rows, sorted by (hash, sequenceId, itemPosition), with sequence boundaries."""
 
     table: pa.Table  # sequenceId, itemPosition, features, source file and row
-    hashes: np.ndarray  # per row
     starts: np.ndarray  # row offset of each sequence, plus the total at the end
+    hashes: np.ndarray  # per sequence
 
     @property
     def lengths(self) -> np.ndarray:
         return np.diff(self.starts)
 
     def sequence_ids(self) -> pa.Array:
-        return self.table.column(SEQUENCE).take(pa.array(self.starts[:-1])).combine_chunks()
+        return self.table.column(SEQUENCE).combine_chunks().take(pa.array(self.starts[:-1]))
 
-    def sequence_hashes(self) -> np.ndarray:
-        return self.hashes[self.starts[:-1]]
+
+def _sequence_order(unique_ids: np.ndarray, unique_hashes: np.ndarray) -> np.ndarray:
+    """Rank of each distinct sequence in (hash, sequenceId) order."""
+    if len(np.unique(unique_hashes)) == len(unique_hashes):
+        order = np.argsort(unique_hashes, kind="stable")
+    else:  # a 64-bit hash collision: break the tie by the id itself
+        order = np.lexsort((np.unique(unique_ids, return_inverse=True)[1], unique_hashes))
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank
 
 
 def sort_part(table: pa.Table, files: list[Path], fmt: str) -> Part:
     """Sort a part, find its sequences and reject duplicate (sequenceId, itemPosition) pairs."""
-    ids = table.column(SEQUENCE).combine_chunks()
-    hashes = sequence_hash(ids)
-    codes = pd.factorize(np.asarray(ids.to_numpy(zero_copy_only=False)), sort=False)[0]
-    positions = table.column(POSITION).to_numpy()
-    order = np.lexsort((positions, hashes))
-    hashes, codes = hashes[order], codes[order]
-    same_hash = hashes[1:] == hashes[:-1]
-    if np.any(same_hash & (codes[1:] != codes[:-1])):  # a 64-bit hash collision: order by id too
-        ranks = np.unique(np.asarray(ids.to_numpy(zero_copy_only=False)), return_inverse=True)[1]
-        order = np.lexsort((positions, ranks, sequence_hash(ids)))
-        hashes, codes = sequence_hash(ids)[order], codes[order]
-        same_hash = hashes[1:] == hashes[:-1]
-    table = table.take(pa.array(order))
-    positions = positions[order]
-    same_sequence = same_hash & (codes[1:] == codes[:-1])
-    duplicate = np.flatnonzero(same_sequence & (positions[1:] == positions[:-1]))
+    codes, unique_ids = pd.factorize(np.asarray(table.column(SEQUENCE).to_numpy()), sort=False)
+    unique_ids = np.asarray(unique_ids)
+    unique_hashes = sequence_hash(pa.array(unique_ids))
+    rank = _sequence_order(unique_ids, unique_hashes)
+    row_rank, positions = rank[codes], table.column(POSITION).to_numpy()
+    order = np.argsort(row_rank, kind="stable")  # fast when each sequence's rows are contiguous
+    key, sorted_positions = row_rank[order], positions[order]
+    same_sequence = key[1:] == key[:-1]
+    if np.any(same_sequence & (sorted_positions[1:] < sorted_positions[:-1])):
+        order = np.lexsort((positions, row_rank))
+        key, sorted_positions = row_rank[order], positions[order]
+    if not np.array_equal(order, np.arange(len(order))):
+        table = take(table, order)
+    duplicate = np.flatnonzero(same_sequence & (sorted_positions[1:] == sorted_positions[:-1]))
     if len(duplicate):
         i = int(duplicate[0])
         source_file = table.column(SOURCE_FILE).to_numpy()
@@ -107,13 +130,11 @@ def sort_part(table: pa.Table, files: list[Path], fmt: str) -> Part:
         second = describe_row(files, fmt, source_file[i + 1], source_row[i + 1])
         raise DataError(
             f"duplicate ({SEQUENCE}, {POSITION}) = ({table.column(SEQUENCE)[i].as_py()!r}, "
-            f"{int(positions[i])}) at {first} and {second} ({len(duplicate)} duplicates in all); "
+            f"{int(sorted_positions[i])}) at {first} and {second} ({len(duplicate)} duplicates in all); "
             "every item of a sequence needs its own position"
         )
-    n = len(positions)
+    n = len(key)
     starts = np.concatenate([[0], np.flatnonzero(~same_sequence) + 1, [n] if n else []]).astype(np.int64)
-    return Part(table=table, hashes=hashes, starts=starts)
-
-
-def read_part(path: Path) -> pa.Table:
-    return pq.read_table(path)
+    hashes = np.empty(len(unique_hashes), dtype=np.uint64)
+    hashes[rank] = unique_hashes
+    return Part(table=table, starts=starts, hashes=hashes)

@@ -41,6 +41,11 @@ def _prepare_work(plan: steps.Plan) -> None:
     write_json(marker, fingerprint)
 
 
+def _missing(items, path_of) -> list:
+    """The items whose output does not exist yet (all of them unless continuing)."""
+    return [item for item in items if not path_of(item).exists()]
+
+
 def _init_worker(level: int) -> None:
     import pyarrow
 
@@ -89,14 +94,13 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     outputs = plan.work / "outputs"
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
     try:
-        steps.partition(plan)
-        runner.map("scan", steps.scan, [p for p in range(plan.n_parts) if not plan.scan_path(p).is_file()], plan)
+        if not config["process_by_file"] and not plan.part_path(0).parent.is_dir():
+            steps.partition(plan)
+        runner.map("scan", steps.scan, _missing(range(plan.n_parts), plan.scan_path), plan)
         metadata = steps.reduce(plan, plan.work / "metadata.json")
-        runner.map("windows", steps.windows, range(plan.n_parts), plan, metadata)
-        for k in range(n_splits):
-            target = outputs / plan.split_path(k).name
-            if not target.exists():
-                steps.merge(plan, metadata, k, target)
+        runner.map("windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata)
+        for k in _missing(range(n_splits), lambda k: outputs / plan.split_path(k).name):
+            steps.merge(plan, metadata, k, outputs / plan.split_path(k).name)
     except SequifierError:
         shutil.rmtree(plan.work, ignore_errors=True)
         raise

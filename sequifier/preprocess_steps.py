@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from sequifier import encoding, metadata as meta
 from sequifier.errors import ConfigError, DataError
 from sequifier.files import atomic_path, read_json, write_json
-from sequifier.partition import Part, read_part, seeded_uniform, sort_part, write_parts
+from sequifier.partition import Part, read_arrow, seeded_uniform, sort_part, write_parts
 from sequifier.table import SEQUENCE, POSITION, Columns, input_files, read_batches, resolve_columns
 from sequifier.window_files import read_ipc, value_type, window_table, write_ipc, write_windows
 from sequifier.windows import UnevenStride, split_bounds, window_counts, windows_of_split
@@ -48,13 +48,19 @@ class Plan:
     metadata_path: Path
 
     def part_path(self, p: int) -> Path:
-        return self.work / "parts" / f"part-{p:05d}.parquet"
+        return self.work / "parts" / f"part-{p}.arrow"
 
     def scan_path(self, p: int) -> Path:
-        return self.work / "scans" / f"part-{p:05d}.json"
+        return self.work / "scans" / f"part-{p}.json"
+
+    def sequences_path(self, p: int) -> Path:
+        return self.work / "scans" / f"part-{p}.parquet"
+
+    def sorted_path(self, p: int) -> Path:
+        return self.work / "sorted" / f"part-{p}.arrow"
 
     def windows_path(self, p: int) -> Path:
-        return self.work / "windows" / f"part-{p:05d}"
+        return self.work / "windows" / f"part-{p}"
 
     def split_path(self, k: int) -> Path:
         suffix = f".{self.config['write_format']}" if self.merged else ""
@@ -106,10 +112,7 @@ def partition(plan: Plan) -> None:
     """Route every row to the part of its sequence (nothing to do when parts are files)."""
     if plan.config["process_by_file"]:
         return
-    folder = plan.part_path(0).parent
-    if folder.is_dir():
-        return
-    with atomic_path(folder) as tmp:
+    with atomic_path(plan.part_path(0).parent) as tmp:
         tmp.mkdir()
         paths = [tmp / plan.part_path(p).name for p in range(plan.n_parts)]
         batches = read_batches(list(plan.files), plan.read_format, plan.columns, plan.config["max_rows"])
@@ -117,14 +120,22 @@ def partition(plan: Plan) -> None:
 
 
 def load_part(plan: Plan, p: int) -> Part:
+    """A part read from the input (one file) or from the partition step, then sorted."""
     if plan.config["process_by_file"]:
         files = [plan.files[p]]
         tables = [t for _, t in read_batches(files, plan.read_format, plan.columns, plan.config["max_rows"])]
         table = pa.concat_tables(tables) if tables else plan.columns.part_schema().empty_table()
     else:
         files = list(plan.files)
-        table = read_part(plan.part_path(p))
+        table = read_arrow(plan.part_path(p))
     return sort_part(table, files, plan.read_format)
+
+
+def load_sorted_part(plan: Plan, p: int) -> Part:
+    """A part as the scan step left it: sorted, with its sequences' lengths and hashes."""
+    sequences = pq.read_table(plan.sequences_path(p), columns=["hash", "length"])
+    starts = np.concatenate([[0], np.cumsum(sequences.column("length").to_numpy())]).astype(np.int64)
+    return Part(read_arrow(plan.sorted_path(p)), starts, sequences.column("hash").to_numpy())
 
 
 def part_bounds(plan: Plan, part: Part) -> np.ndarray:
@@ -132,7 +143,7 @@ def part_bounds(plan: Plan, part: Part) -> np.ndarray:
     assigned = None
     if plan.config["split_method"] == "between_sequence":
         cumulative = np.cumsum(ratios)[:-1] / np.sum(ratios)
-        assigned = np.searchsorted(cumulative, seeded_uniform(part.sequence_hashes(), plan.config["seed"]), side="right")
+        assigned = np.searchsorted(cumulative, seeded_uniform(part.hashes, plan.config["seed"]), side="right")
     return split_bounds(part.lengths, ratios, assigned)
 
 
@@ -156,7 +167,7 @@ def scan(plan: Plan, p: int) -> None:
             "use subsequence_start_mode 'distribute' or a stride that divides"
         ) from None
     lengths = part.lengths
-    sequences = {SEQUENCE: part.sequence_ids(), "hash": pa.array(part.sequence_hashes()), "length": pa.array(lengths)}
+    sequences = {SEQUENCE: part.sequence_ids(), "hash": pa.array(part.hashes), "length": pa.array(lengths)}
     for column in plan.columns.real():
         mean, m2 = encoding.sequence_moments(part.table.column(column).to_numpy(), part.starts)
         sequences[f"{column}.mean"], sequences[f"{column}.m2"] = pa.array(mean), pa.array(m2)
@@ -167,7 +178,9 @@ def scan(plan: Plan, p: int) -> None:
         "windows": n_windows,
         "values": {c: encoding.sorted_values(part.table.column(c)) for c in plan.columns.categorical()},
     }
-    with atomic_path(plan.scan_path(p).with_suffix(".parquet")) as tmp:
+    with atomic_path(plan.sorted_path(p)) as tmp:
+        write_ipc(tmp, [part.table])
+    with atomic_path(plan.sequences_path(p)) as tmp:
         pq.write_table(pa.table(sequences), tmp)
     write_json(plan.scan_path(p), summary)
 
@@ -224,7 +237,7 @@ def reduce(plan: Plan, metadata_path: Path) -> dict:
     """Merge the scans into id maps and statistics; write the metadata."""
     config = plan.config
     scans = [read_json(plan.scan_path(p)) for p in range(plan.n_parts)]
-    sequences = pa.concat_tables(pq.read_table(plan.scan_path(p).with_suffix(".parquet")) for p in range(plan.n_parts))
+    sequences = pa.concat_tables(pq.read_table(plan.sequences_path(p)) for p in range(plan.n_parts))
     n_rows = sum(s["rows"] for s in scans)
     if n_rows == 0:
         raise DataError(f"{plan.root / config['data_path']}: the table has no rows")
@@ -268,10 +281,7 @@ def reduce(plan: Plan, metadata_path: Path) -> dict:
 
 def windows(plan: Plan, metadata: dict, p: int) -> None:
     """Encode a part and cut it into the windows of every split (Arrow IPC, one file per split)."""
-    target = plan.windows_path(p)
-    if target.is_dir():
-        return
-    part = load_part(plan, p)
+    part = load_sorted_part(plan, p)
     encoder = encoding.ColumnEncoder(metadata)
     dtype = value_type(metadata)
     numpy_type = dtype.to_pandas_dtype()
@@ -280,7 +290,7 @@ def windows(plan: Plan, metadata: dict, p: int) -> None:
     ids = part.sequence_ids()
     bounds = part_bounds(plan, part)
     seq_length, mode = plan.config["seq_length"], plan.config["subsequence_start_mode"]
-    with atomic_path(target) as tmp:
+    with atomic_path(plan.windows_path(p)) as tmp:
         tmp.mkdir()
         for k, stride in enumerate(plan.strides):
             split = windows_of_split(bounds, k, seq_length, stride, mode)

@@ -111,11 +111,14 @@ def rechunk(tables, rows: int):
 
 
 def _write_parquet(path: Path, tables, rows_per_group: int) -> None:
+    """Parquet with zstd; dictionary encoding for ids, not for float values (slow, no gain)."""
     writer = None
     try:
         for table in rechunk(tables, rows_per_group):
             if writer is None:
-                writer = pq.ParquetWriter(path, table.schema)
+                ids_only = pa.types.is_integer(table.schema.field(table.num_columns - 1).type)
+                dictionary = True if ids_only else [SEQUENCE, INPUT_COLUMN]
+                writer = pq.ParquetWriter(path, table.schema, compression="zstd", use_dictionary=dictionary)
             writer.write_table(table, row_group_size=rows_per_group)
     finally:
         if writer is not None:

@@ -1,0 +1,64 @@
+from snakemake.utils import validate
+
+from sequifier import config as stage_config
+from sequifier.preprocess_steps import make_plan
+
+
+validate(config, "../schemas/config.schema.yaml")
+
+EXPERIMENT = config["experiment"]
+RESULTS = f"results/{EXPERIMENT}"
+LOGS = f"logs/{EXPERIMENT}"
+CONDA_ENV = "../../envs/sequifier.yaml"
+
+
+def preprocess_overrides():
+    """Where the preprocess steps of this experiment read and write (under results/)."""
+    return {
+        "project_root": ".",
+        "data_path": config["data"],
+        "output_path": f"{RESULTS}/data",
+        "metadata_config_path": f"{RESULTS}/metadata.json",
+        "work_path": f"{RESULTS}/preprocess-work",
+        "n_partitions": config["partitions"],
+    }
+
+
+PREPROCESS_PLAN = make_plan(
+    stage_config.load("preprocess", config["preprocess"], preprocess_overrides()), config["preprocess"]
+)
+PARTS = range(PREPROCESS_PLAN.n_parts)
+SPLITS = range(len(PREPROCESS_PLAN.config["split_ratios"]))
+PREPROCESS_FLAGS = " ".join(
+    f"--{key.replace('_', '-')} {value}" for key, value in preprocess_overrides().items()
+)
+
+
+def split_output():
+    """The output of split {split}: a file, or a folder of shards."""
+    path = str(PREPROCESS_PLAN.split_path("{split}"))
+    return path if PREPROCESS_PLAN.merged else directory(path)
+
+
+def preprocess_outputs():
+    return [f"{RESULTS}/metadata.json", *(str(PREPROCESS_PLAN.split_path(k)) for k in SPLITS)]
+
+
+def part_path(kind):
+    """A per-part file of the preprocess work folder, with the {part} wildcard."""
+    return str(getattr(PREPROCESS_PLAN, kind)("{part}"))
+
+
+def all_parts(kind):
+    return [str(getattr(PREPROCESS_PLAN, kind)(p)) for p in PARTS]
+
+
+def parts_folder():
+    return str(PREPROCESS_PLAN.part_path(0).parent)
+
+
+def scan_input(wildcards):
+    """What a scan reads: the partitioned table, or its own input file with process_by_file."""
+    if PREPROCESS_PLAN.config["process_by_file"]:
+        return [str(PREPROCESS_PLAN.files[int(wildcards.part)])]
+    return [parts_folder()]
