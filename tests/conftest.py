@@ -1,0 +1,78 @@
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sequences_table(n_sequences=30, min_length=3, max_length=40, seed=0, n_categories=6):
+    """A long table with one string, one integer categorical and one real column."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for sequence in range(n_sequences):
+        length = int(rng.integers(min_length, max_length + 1))
+        frames.append(pd.DataFrame({
+            "sequenceId": sequence,
+            "itemPosition": np.arange(length) + 5,
+            "item": rng.choice([f"v{i}" for i in range(n_categories)], size=length),
+            "code": rng.integers(100, 100 + n_categories, size=length),
+            "price": np.round(rng.normal(10.0, 3.0, size=length), 3),
+        }))
+    return pd.concat(frames, ignore_index=True)
+
+
+class Project:
+    """A sequifier project folder in a tmp dir: data, configs, and the outputs of a run."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        (root / "configs").mkdir(parents=True, exist_ok=True)
+        (root / "data").mkdir(exist_ok=True)
+
+    def write_data(self, table: pd.DataFrame, name="table.csv") -> str:
+        path = self.root / "data" / name
+        table.to_parquet(path, index=False) if name.endswith(".parquet") else table.to_csv(path, index=False)
+        return f"data/{name}"
+
+    def config(self, **values) -> dict:
+        config = {"project_root": str(self.root), "data_path": "data/table.csv", "seq_length": 4,
+                  "n_cores": 1, **values}
+        return config
+
+    def preprocess(self, **values) -> dict:
+        from sequifier import config as stage_config
+        from sequifier.preprocess import run
+
+        return run(stage_config.resolve("preprocess", self.config(**values), "test config"))
+
+    def write_config(self, name="preprocess.yaml", **values) -> Path:
+        path = self.root / "configs" / name
+        path.write_text(yaml.safe_dump(self.config(**values)))
+        return path
+
+    def metadata(self, name="table") -> dict:
+        return json.loads((self.root / "configs" / "metadata_configs" / f"{name}.json").read_text())
+
+    def split(self, k: int, name="table", fmt="parquet") -> pd.DataFrame:
+        path = self.root / "data" / f"{name}-split{k}.{fmt}"
+        return pd.read_parquet(path) if fmt == "parquet" else pd.read_csv(path)
+
+
+@pytest.fixture
+def project(tmp_path) -> Project:
+    return Project(tmp_path / "project")
+
+
+def run_cli(*args, cwd, check=False):
+    import subprocess
+
+    result = subprocess.run([sys.executable, "-m", "sequifier", *map(str, args)], cwd=cwd,
+                            capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"sequifier {' '.join(map(str, args))} failed:\n{result.stderr}")
+    return result
