@@ -46,6 +46,15 @@ def _missing(items, path_of) -> list:
     return [item for item in items if not path_of(item).exists()]
 
 
+def _merged(plan: steps.Plan, k: int):
+    """Where split k is merged to before it is published."""
+    return plan.work / "outputs" / plan.split_path(k).name
+
+
+def _merge(plan: steps.Plan, metadata: dict, k: int) -> None:
+    steps.merge(plan, metadata, k, _merged(plan, k))
+
+
 def _init_worker(level: int) -> None:
     import pyarrow
 
@@ -91,7 +100,6 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     plan = steps.make_plan(config, source)
     _prepare_work(plan)
     n_splits = len(config["split_ratios"])
-    outputs = plan.work / "outputs"
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
     try:
         if not config["process_by_file"] and not plan.part_path(0).parent.is_dir():
@@ -99,15 +107,14 @@ def run(config: dict, source: str = "preprocess config") -> dict:
         runner.map("scan", steps.scan, _missing(range(plan.n_parts), plan.scan_path), plan)
         metadata = steps.reduce(plan, plan.work / "metadata.json")
         runner.map("windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata)
-        for k in _missing(range(n_splits), lambda k: outputs / plan.split_path(k).name):
-            steps.merge(plan, metadata, k, outputs / plan.split_path(k).name)
+        runner.map("merge", _merge, _missing(range(n_splits), lambda k: _merged(plan, k)), plan, metadata)
     except SequifierError:
         shutil.rmtree(plan.work, ignore_errors=True)
         raise
     finally:
         runner.close()
     for k in range(n_splits):
-        publish(outputs / plan.split_path(k).name, plan.split_path(k))
+        publish(_merged(plan, k), plan.split_path(k))
     publish(plan.work / "metadata.json", plan.metadata_path)
     shutil.rmtree(plan.work, ignore_errors=True)
     windows = ", ".join(f"{name} {count:,}" for name, count in metadata["n_windows"].items())

@@ -213,7 +213,11 @@ def _raw_batches(path: Path, fmt: str, columns: Columns):
                 for batch in reader:
                     yield pa.Table.from_batches([batch])
     except (pa.ArrowException, OSError) as error:
-        raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}") from None
+        hint = ""
+        if "conversion error" in str(error):
+            hint = ("; column types are taken from the first rows of the first file: "
+                    "set column_types for this column, or fix the value")
+        raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}{hint}") from None
 
 
 def _conform(path: Path, table: pa.Table, columns: Columns) -> pa.Table:

@@ -11,6 +11,12 @@ RESULTS = f"results/{EXPERIMENT}"
 LOGS = f"logs/{EXPERIMENT}"
 CONDA_ENV = "../../envs/sequifier.yaml"
 
+# Jobs run `python -m sequifier` from this checkout, in the active environment or in the
+# conda environment of CONDA_ENV (`--sdm conda`), which holds the dependencies only.
+shell.prefix(
+    f"set -euo pipefail; export PYTHONPATH={workflow.basedir}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
+
 
 def preprocess_overrides():
     """Where the preprocess steps of this experiment read and write (under results/)."""

@@ -15,7 +15,7 @@ rule partition:
     conda:
         CONDA_ENV
     shell:
-        "sequifier preprocess-step partition --config-path {input.config} {params.flags} > {log} 2>&1"
+        "python -m sequifier preprocess-step partition --config-path {input.config} {params.flags} > {log} 2>&1"
 
 
 rule scan:
@@ -33,7 +33,7 @@ rule scan:
     conda:
         CONDA_ENV
     shell:
-        "sequifier preprocess-step scan --part {wildcards.part} --config-path {input.config} "
+        "python -m sequifier preprocess-step scan --part {wildcards.part} --config-path {input.config} "
         "{params.flags} > {log} 2>&1"
 
 
@@ -52,7 +52,7 @@ rule metadata:
     conda:
         CONDA_ENV
     shell:
-        "sequifier preprocess-step reduce --config-path {input.config} {params.flags} > {log} 2>&1"
+        "python -m sequifier preprocess-step reduce --config-path {input.config} {params.flags} > {log} 2>&1"
 
 
 rule windows:
@@ -70,7 +70,7 @@ rule windows:
     conda:
         CONDA_ENV
     shell:
-        "sequifier preprocess-step windows --part {wildcards.part} --config-path {input.config} "
+        "python -m sequifier preprocess-step windows --part {wildcards.part} --config-path {input.config} "
         "{params.flags} > {log} 2>&1"
 
 
@@ -90,5 +90,5 @@ rule merge:
     conda:
         CONDA_ENV
     shell:
-        "sequifier preprocess-step merge --split {wildcards.split} --config-path {input.config} "
+        "python -m sequifier preprocess-step merge --split {wildcards.split} --config-path {input.config} "
         "{params.flags} > {log} 2>&1"
