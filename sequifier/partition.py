@@ -130,7 +130,7 @@ def sort_part(table: pa.Table, files: list[Path], fmt: str) -> Part:
         second = describe_row(files, fmt, source_file[i + 1], source_row[i + 1])
         raise DataError(
             f"duplicate ({SEQUENCE}, {POSITION}) = ({table.column(SEQUENCE)[i].as_py()!r}, "
-            f"{int(sorted_positions[i])}) at {first} and {second} ({len(duplicate)} duplicates in all); "
+            f"{int(sorted_positions[i])}) at {first} and {second} ({len(duplicate)} in all); "
             "every item of a sequence needs its own position"
         )
     n = len(key)

@@ -109,6 +109,7 @@ def run(config: dict, source: str = "preprocess config") -> dict:
         runner.map("windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata)
         runner.map("merge", _merge, _missing(range(n_splits), lambda k: _merged(plan, k)), plan, metadata)
     except SequifierError:
+        runner.close()  # let running workers finish before their folder goes
         shutil.rmtree(plan.work, ignore_errors=True)
         raise
     finally:

@@ -225,6 +225,7 @@ def _check_sequences_unique(plan: Plan, sequences: pa.Table, part_sizes: list) -
     _, first, counts = np.unique(ids, return_index=True, return_counts=True)
     if np.any(counts > 1):
         repeated = ids[first[np.argmax(counts > 1)]]
+        repeated = repeated.item() if isinstance(repeated, np.generic) else repeated
         owners = np.repeat(np.arange(len(part_sizes)), part_sizes)[ids == repeated]
         names = ", ".join(str(plan.files[i]) for i in owners)
         raise DataError(

@@ -112,6 +112,8 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
                 f"{path}: missing column '{required}'; the input needs {SEQUENCE}, {POSITION} "
                 f"and at least one feature column (found: {', '.join(names)})"
             )
+    if all(pa.types.is_null(t) for t in schema.types):
+        raise DataError(f"{path}: the table has no rows (only a header)")
     for name in RESERVED:
         if name in names:
             raise DataError(f"{path}: column name '{name}' is reserved by sequifier; rename it")
@@ -141,7 +143,8 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
     else:
         raise DataError(f"{path}: {SEQUENCE} has type {sequence_type}; expected integers or strings")
     position_type = schema.field(POSITION).type
-    if not (pa.types.is_integer(position_type) or pa.types.is_floating(position_type)):
+    if not (pa.types.is_integer(position_type) or pa.types.is_floating(position_type)
+            or pa.types.is_string(position_type) or pa.types.is_large_string(position_type)):
         raise DataError(f"{path}: {POSITION} has type {position_type}; expected integers")
     fields = [pa.field(SEQUENCE, sequence_type), pa.field(POSITION, pa.int64())]
     kinds = {}
@@ -152,6 +155,10 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
     return Columns(tuple(features), kinds, pa.schema(fields))
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _where(path: Path, fmt: str, row: int) -> str:
     return f"{path} line {row + 2}" if fmt == "csv" else f"{path} row {row + 1}"
 
@@ -160,16 +167,20 @@ def _check_positions(path, fmt, column: pa.Array, first_row: int) -> pa.Array:
     if pa.types.is_integer(column.type):
         return column.cast(pa.int64())
     if not pa.types.is_floating(column.type):
-        value = column[0].as_py()
-        raise DataError(
-            f"{_where(path, fmt, first_row)}: {POSITION} is {value!r}; positions must be integers"
-        )
+        text = column.cast(pa.string())
+        bad = np.flatnonzero(~pc.match_substring_regex(text, r"^\s*[+-]?\d+\s*$").to_numpy(zero_copy_only=False))
+        if len(bad):
+            row = first_row + int(bad[0])
+            raise DataError(
+                f"{_where(path, fmt, row)}: {POSITION} is {text[int(bad[0])].as_py()!r}; positions must be integers"
+            )
+        return pc.utf8_trim_whitespace(text).cast(pa.int64())
     values = column.to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
     if len(bad):
         row = first_row + int(bad[0])
         raise DataError(
-            f"{_where(path, fmt, row)}: {POSITION} is {values[bad[0]]!r}; positions must be integers"
+            f"{_where(path, fmt, row)}: {POSITION} is {values[bad[0]].item()!r}; positions must be integers"
         )
     return pa.array(values.astype(np.int64))
 
@@ -181,8 +192,8 @@ def _validate(path: Path, fmt: str, table: pa.Table, columns: Columns, first_row
             nulls = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))
             row = first_row + int(nulls[0])
             raise DataError(
-                f"{_where(path, fmt, row)}: column '{name}' is empty "
-                f"({len(nulls)} missing values in this block); fill or drop them"
+                f"{_where(path, fmt, row)}: column '{name}' is missing (empty, NA or NaN; "
+                f"{_count(len(nulls), 'such row')} in this block); fill or drop these rows"
             )
     for name in columns.real():
         values = table.column(name).to_numpy()
@@ -192,7 +203,7 @@ def _validate(path: Path, fmt: str, table: pa.Table, columns: Columns, first_row
             sequence = table.column(SEQUENCE)[i].as_py()
             raise DataError(
                 f"{_where(path, fmt, first_row + i)}: real column '{name}' is {values[i]} "
-                f"(sequenceId {sequence!r}); real values must be finite ({len(bad)} such rows in this block)"
+                f"(sequenceId {sequence!r}); real values must be finite ({_count(len(bad), 'such row')} in this block)"
             )
     positions = _check_positions(path, fmt, table.column(POSITION).combine_chunks(), first_row)
     return table.set_column(1, POSITION, positions)

@@ -84,6 +84,8 @@ def read_ipc(path: Path):
         return
     with pa.memory_map(str(path)) as source:
         reader = ipc.open_file(source)
+        if reader.num_record_batches == 0:  # a table without rows writes no batch
+            yield reader.schema.empty_table()
         for i in range(reader.num_record_batches):
             yield pa.Table.from_batches([reader.get_batch(i)])
 
