@@ -20,7 +20,9 @@ def _add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-path", default="configs/preprocess.yaml", help="preprocess config (YAML)")
     parser.add_argument("--project-root", help="folder the config's paths are relative to")
     parser.add_argument("--data-path", "-dp", help="input table, a file or a folder (overrides data_path)")
-    parser.add_argument("--selected-columns", "-sc", nargs="+", help="feature columns to keep; None keeps all")
+    parser.add_argument(
+        "--selected-columns", "-sc", nargs="+", help="feature columns to keep; None keeps all"
+    )
     parser.add_argument("--seed", "-s", type=int, help="seed of the between_sequence split")
     parser.add_argument("--randomize", "-r", action="store_true", help="use a random seed")
     parser.add_argument("--output-path", help="folder of the windows (overrides output_path)")
@@ -53,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _preprocess_overrides(args) -> dict:
     overrides = {}
-    for flag, key in [("project_root", "project_root"), ("data_path", "data_path"), ("output_path", "output_path"), ("seed", "seed"),
-                      ("metadata_config_path", "metadata_config_path"), ("work_path", "work_path"),
-                      ("n_cores", "n_cores"), ("n_partitions", "n_partitions")]:
+    for flag, key in [
+        ("project_root", "project_root"),
+        ("data_path", "data_path"),
+        ("output_path", "output_path"),
+        ("seed", "seed"),
+        ("metadata_config_path", "metadata_config_path"),
+        ("work_path", "work_path"),
+        ("n_cores", "n_cores"),
+        ("n_partitions", "n_partitions"),
+    ]:
         if getattr(args, flag) is not None:
             overrides[key] = getattr(args, flag)
     if args.selected_columns is not None:

@@ -99,7 +99,10 @@ class ColumnEncoder:
         self._lookups = {}
         for column, raw in metadata["id_maps"].items():
             id_map = id_map_from_json(raw, metadata["column_dtypes"][column])
-            keys = pd.Index(list(id_map.keys()), dtype=object if metadata["column_dtypes"][column] == "string" else np.int64)
+            keys = pd.Index(
+                list(id_map.keys()),
+                dtype=object if metadata["column_dtypes"][column] == "string" else np.int64,
+            )
             self._lookups[column] = (keys, np.fromiter(id_map.values(), dtype=np.int64, count=len(id_map)))
 
     def encode(self, column: str, values) -> tuple[np.ndarray, int]:

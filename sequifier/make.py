@@ -31,12 +31,16 @@ def example_table(n_sequences: int = 200, seed: int = 7):
         for t in range(1, length):
             states[t] = rng.choice(n_states, p=transitions[states[t - 1]])
         price = base_price[states] + rng.normal(0.0, 1.0, size=length)
-        frames.append(pd.DataFrame({
-            "sequenceId": sequence,
-            "itemPosition": np.arange(length),
-            "itemId": np.asarray(EXAMPLE_STATES)[states],
-            "price": np.round(price, 2),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sequenceId": sequence,
+                    "itemPosition": np.arange(length),
+                    "itemId": np.asarray(EXAMPLE_STATES)[states],
+                    "price": np.round(price, 2),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 

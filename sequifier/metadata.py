@@ -8,7 +8,6 @@ to the project root), row and window counts, the preprocess config and a hash of
 import hashlib
 from pathlib import Path
 
-from sequifier import __version__
 from sequifier.errors import DataError
 from sequifier.files import read_json
 

@@ -69,8 +69,10 @@ class _Runner:
         self.pool = None
         if n_cores > 1:
             self.pool = ProcessPoolExecutor(
-                n_cores, mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker, initargs=(logging.getLogger().level,),
+                n_cores,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(logging.getLogger().level,),
             )
 
     def map(self, description: str, function, items, *args) -> None:
@@ -121,7 +123,10 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     windows = ", ".join(f"{name} {count:,}" for name, count in metadata["n_windows"].items())
     logger.info(
         "preprocessed %s rows, %s sequences into windows (%s) in %.1f s; metadata: %s",
-        f"{metadata['n_rows']:,}", f"{metadata['n_sequences']:,}", windows,
-        time.perf_counter() - started, plan.metadata_path,
+        f"{metadata['n_rows']:,}",
+        f"{metadata['n_sequences']:,}",
+        windows,
+        time.perf_counter() - started,
+        plan.metadata_path,
     )
     return metadata

@@ -16,13 +16,32 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sequifier import encoding, metadata as meta
+from sequifier import __version__, encoding
+from sequifier import metadata as meta
 from sequifier.errors import ConfigError, DataError
 from sequifier.files import atomic_path, read_json, write_json
 from sequifier.partition import Part, read_arrow, seeded_uniform, sort_part, write_parts
-from sequifier.table import SEQUENCE, POSITION, Columns, input_files, read_batches, resolve_columns
-from sequifier.window_files import read_ipc, value_type, window_table, write_ipc, write_windows
-from sequifier.windows import UnevenStride, split_bounds, window_counts, windows_of_split
+from sequifier.table import (
+    POSITION,
+    SEQUENCE,
+    Columns,
+    input_files,
+    read_batches,
+    resolve_columns,
+)
+from sequifier.window_files import (
+    read_ipc,
+    value_type,
+    window_table,
+    write_ipc,
+    write_windows,
+)
+from sequifier.windows import (
+    UnevenStride,
+    split_bounds,
+    window_counts,
+    windows_of_split,
+)
 
 logger = logging.getLogger(__name__)
 BYTES_PER_PART = 128 << 20
@@ -80,7 +99,9 @@ def make_plan(config: dict, source: str = "preprocess config") -> Plan:
         )
     merged = config["merge_output"] if config["merge_output"] is not None else fmt != "pt"
     if merged and fmt == "pt":
-        raise ConfigError(f"{source}: merge_output: true with write_format pt; pt always writes a folder of shards")
+        raise ConfigError(
+            f"{source}: merge_output: true with write_format pt; pt always writes a folder of shards"
+        )
     root = Path(config["project_root"])
     data_path = root / config["data_path"]
     files, read_format = input_files(data_path, config["read_format"])
@@ -101,8 +122,21 @@ def make_plan(config: dict, source: str = "preprocess config") -> Plan:
     output = root / config["output_path"]
     metadata_path = root / (config["metadata_config_path"] or f"configs/metadata_configs/{name}.json")
     work = root / config["work_path"] if config["work_path"] else output / f".{name}-work"
-    return Plan(config, source, root, tuple(files), read_format, name, columns, n_parts,
-                tuple(strides), merged, output, work, metadata_path)
+    return Plan(
+        config,
+        source,
+        root,
+        tuple(files),
+        read_format,
+        name,
+        columns,
+        n_parts,
+        tuple(strides),
+        merged,
+        output,
+        work,
+        metadata_path,
+    )
 
 
 # --- partition -----------------------------------------------------------------------------
@@ -156,7 +190,9 @@ def scan(plan: Plan, p: int) -> None:
     config = plan.config
     bounds = part_bounds(plan, part)
     try:
-        n_windows = window_counts(bounds, config["seq_length"], plan.strides, config["subsequence_start_mode"])
+        n_windows = window_counts(
+            bounds, config["seq_length"], plan.strides, config["subsequence_start_mode"]
+        )
     except UnevenStride as error:
         sequence = part.sequence_ids()[error.sequence].as_py()
         k = next(k for k, s in enumerate(plan.strides) if s == error.stride)
@@ -198,12 +234,18 @@ def _id_maps(plan: Plan, scans: list) -> dict:
             continue
         dtype = str(plan.columns.schema.field(column).type)
         path = plan.root / plan.config["id_maps_path"] / f"{column}.json"
-        id_maps[column] = encoding.load_precomputed_map(path, column, "int64" if dtype == "int64" else "string")
+        id_maps[column] = encoding.load_precomputed_map(
+            path, column, "int64" if dtype == "int64" else "string"
+        )
         unseen = [v for v in values if v not in id_maps[column]]
         if unseen:
             logger.warning(
                 "%d distinct values of column '%s' are not in %s and get id %d (other), e.g. %r",
-                len(unseen), column, path, encoding.OTHER_ID, unseen[:3],
+                len(unseen),
+                column,
+                path,
+                encoding.OTHER_ID,
+                unseen[:3],
             )
     return id_maps
 
@@ -213,7 +255,9 @@ def _statistics(plan: Plan, sequences: pa.Table) -> dict:
     statistics = {}
     for column in plan.columns.real():
         mean, std = encoding.combine_moments(
-            lengths, sequences.column(f"{column}.mean").to_numpy(), sequences.column(f"{column}.m2").to_numpy()
+            lengths,
+            sequences.column(f"{column}.mean").to_numpy(),
+            sequences.column(f"{column}.m2").to_numpy(),
         )
         statistics[column] = {"mean": mean, "std": std}
     return statistics
@@ -248,7 +292,7 @@ def reduce(plan: Plan, metadata_path: Path) -> dict:
     names = meta.split_names(len(config["split_ratios"]))
     metadata = {
         "format": meta.FORMAT,
-        "sequifier_version": meta.__version__,
+        "sequifier_version": __version__,
         "data_path": config["data_path"],
         "input_hash": meta.content_hash(list(plan.files)),
         "columns": list(plan.columns.features),
@@ -286,7 +330,9 @@ def windows(plan: Plan, metadata: dict, p: int) -> None:
     encoder = encoding.ColumnEncoder(metadata)
     dtype = value_type(metadata)
     numpy_type = dtype.to_pandas_dtype()
-    encoded = {c: encoder.encode(c, part.table.column(c))[0].astype(numpy_type) for c in plan.columns.features}
+    encoded = {
+        c: encoder.encode(c, part.table.column(c))[0].astype(numpy_type) for c in plan.columns.features
+    }
     positions = part.table.column(POSITION).to_numpy()
     ids = part.sequence_ids()
     bounds = part_bounds(plan, part)
@@ -297,7 +343,15 @@ def windows(plan: Plan, metadata: dict, p: int) -> None:
             split = windows_of_split(bounds, k, seq_length, stride, mode)
             chunks = range(0, max(len(split), 1), WINDOWS_PER_CHUNK)
             tables = (
-                window_table(ids, positions, part.starts, encoded, split.slice(i, i + WINDOWS_PER_CHUNK), seq_length, dtype)
+                window_table(
+                    ids,
+                    positions,
+                    part.starts,
+                    encoded,
+                    split.slice(i, i + WINDOWS_PER_CHUNK),
+                    seq_length,
+                    dtype,
+                )
                 for i in chunks
             )
             write_ipc(tmp / f"split{k}.arrow", tables)
@@ -307,5 +361,12 @@ def merge(plan: Plan, metadata: dict, k: int, target: Path) -> None:
     """Concatenate split k of every part, in order, into its output file or folder of shards."""
     tables = (t for p in range(plan.n_parts) for t in read_ipc(plan.windows_path(p) / f"split{k}.arrow"))
     with atomic_path(target) as tmp:
-        write_windows(tmp, tables, plan.config["write_format"], plan.merged, list(plan.columns.features),
-                      metadata["column_types"], plan.config["batches_per_file"])
+        write_windows(
+            tmp,
+            tables,
+            plan.config["write_format"],
+            plan.merged,
+            list(plan.columns.features),
+            metadata["column_types"],
+            plan.config["batches_per_file"],
+        )

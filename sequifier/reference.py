@@ -25,8 +25,14 @@ def render() -> str:
     for stage in STAGES:
         schema = load_schema(stage)
         required = set(schema.get("required", []))
-        lines += [f"### `{stage}`", "", " ".join(schema["description"].split()), "",
-                  "| key | type | default | description |", "|---|---|---|---|"]
+        lines += [
+            f"### `{stage}`",
+            "",
+            " ".join(schema["description"].split()),
+            "",
+            "| key | type | default | description |",
+            "|---|---|---|---|",
+        ]
         for key, field in schema["properties"].items():
             default = "required" if key in required else f"`{json.dumps(field.get('default'))}`"
             description = " ".join(field["description"].split()).replace("|", "\\|")

@@ -91,9 +91,7 @@ def _feature_type(path: Path, name: str, dtype: pa.DataType, override: str | Non
     if pa.types.is_null(dtype):
         raise DataError(f"{path}: column '{name}' has no values")
     if not (numeric or textual or pa.types.is_boolean(dtype)):
-        raise DataError(
-            f"{path}: column '{name}' has type {dtype}; expected strings, integers or floats"
-        )
+        raise DataError(f"{path}: column '{name}' has type {dtype}; expected strings, integers or floats")
     if override == "real":
         return "real", pa.float64()
     if override == "categorical" or not pa.types.is_floating(dtype):
@@ -143,8 +141,12 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
     else:
         raise DataError(f"{path}: {SEQUENCE} has type {sequence_type}; expected integers or strings")
     position_type = schema.field(POSITION).type
-    if not (pa.types.is_integer(position_type) or pa.types.is_floating(position_type)
-            or pa.types.is_string(position_type) or pa.types.is_large_string(position_type)):
+    if not (
+        pa.types.is_integer(position_type)
+        or pa.types.is_floating(position_type)
+        or pa.types.is_string(position_type)
+        or pa.types.is_large_string(position_type)
+    ):
         raise DataError(f"{path}: {POSITION} has type {position_type}; expected integers")
     fields = [pa.field(SEQUENCE, sequence_type), pa.field(POSITION, pa.int64())]
     kinds = {}
@@ -168,12 +170,13 @@ def _check_positions(path, fmt, column: pa.Array, first_row: int) -> pa.Array:
         return column.cast(pa.int64())
     if not pa.types.is_floating(column.type):
         text = column.cast(pa.string())
-        bad = np.flatnonzero(~pc.match_substring_regex(text, r"^\s*[+-]?\d+\s*$").to_numpy(zero_copy_only=False))
+        bad = np.flatnonzero(
+            ~pc.match_substring_regex(text, r"^\s*[+-]?\d+\s*$").to_numpy(zero_copy_only=False)
+        )
         if len(bad):
-            row = first_row + int(bad[0])
-            raise DataError(
-                f"{_where(path, fmt, row)}: {POSITION} is {text[int(bad[0])].as_py()!r}; positions must be integers"
-            )
+            value = text[int(bad[0])].as_py()
+            where = _where(path, fmt, first_row + int(bad[0]))
+            raise DataError(f"{where}: {POSITION} is {value!r}; positions must be integers")
         return pc.utf8_trim_whitespace(text).cast(pa.int64())
     values = column.to_numpy(zero_copy_only=False)
     bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
@@ -203,7 +206,8 @@ def _validate(path: Path, fmt: str, table: pa.Table, columns: Columns, first_row
             sequence = table.column(SEQUENCE)[i].as_py()
             raise DataError(
                 f"{_where(path, fmt, first_row + i)}: real column '{name}' is {values[i]} "
-                f"(sequenceId {sequence!r}); real values must be finite ({_count(len(bad), 'such row')} in this block)"
+                f"(sequenceId {sequence!r}); real values must be finite "
+                f"({_count(len(bad), 'such row')} in this block)"
             )
     positions = _check_positions(path, fmt, table.column(POSITION).combine_chunks(), first_row)
     return table.set_column(1, POSITION, positions)
@@ -226,8 +230,10 @@ def _raw_batches(path: Path, fmt: str, columns: Columns):
     except (pa.ArrowException, OSError) as error:
         hint = ""
         if "conversion error" in str(error):
-            hint = ("; column types are taken from the first rows of the first file: "
-                    "set column_types for this column, or fix the value")
+            hint = (
+                "; column types are taken from the first rows of the first file: "
+                "set column_types for this column, or fix the value"
+            )
         raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}{hint}") from None
 
 

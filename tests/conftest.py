@@ -16,13 +16,17 @@ def sequences_table(n_sequences=30, min_length=3, max_length=40, seed=0, n_categ
     frames = []
     for sequence in range(n_sequences):
         length = int(rng.integers(min_length, max_length + 1))
-        frames.append(pd.DataFrame({
-            "sequenceId": sequence,
-            "itemPosition": np.arange(length) + 5,
-            "item": rng.choice([f"v{i}" for i in range(n_categories)], size=length),
-            "code": rng.integers(100, 100 + n_categories, size=length),
-            "price": np.round(rng.normal(10.0, 3.0, size=length), 3),
-        }))
+        frames.append(
+            pd.DataFrame(
+                {
+                    "sequenceId": sequence,
+                    "itemPosition": np.arange(length) + 5,
+                    "item": rng.choice([f"v{i}" for i in range(n_categories)], size=length),
+                    "code": rng.integers(100, 100 + n_categories, size=length),
+                    "price": np.round(rng.normal(10.0, 3.0, size=length), 3),
+                }
+            )
+        )
     return pd.concat(frames, ignore_index=True)
 
 
@@ -40,8 +44,13 @@ class Project:
         return f"data/{name}"
 
     def config(self, **values) -> dict:
-        config = {"project_root": str(self.root), "data_path": "data/table.csv", "seq_length": 4,
-                  "n_cores": 1, **values}
+        config = {
+            "project_root": str(self.root),
+            "data_path": "data/table.csv",
+            "seq_length": 4,
+            "n_cores": 1,
+            **values,
+        }
         return config
 
     def preprocess(self, **values) -> dict:
@@ -71,8 +80,9 @@ def project(tmp_path) -> Project:
 def run_cli(*args, cwd, check=False):
     import subprocess
 
-    result = subprocess.run([sys.executable, "-m", "sequifier", *map(str, args)], cwd=cwd,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "sequifier", *map(str, args)], cwd=cwd, capture_output=True, text=True
+    )
     if check and result.returncode != 0:
         raise AssertionError(f"sequifier {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result

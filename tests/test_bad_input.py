@@ -35,8 +35,14 @@ BAD_ROW = "data/t.csv line 22"
 
 def parquet_table(x_values) -> pa.Table:
     n = len(x_values)
-    return pa.table({"sequenceId": pa.array([1] * n, pa.int64()), "itemPosition": pa.array(range(n), pa.int64()),
-                     "a": pa.array(["u", "v"] * (n // 2), pa.string()), "x": pa.array(x_values, pa.float64())})
+    return pa.table(
+        {
+            "sequenceId": pa.array([1] * n, pa.int64()),
+            "itemPosition": pa.array(range(n), pa.int64()),
+            "a": pa.array(["u", "v"] * (n // 2), pa.string()),
+            "x": pa.array(x_values, pa.float64()),
+        }
+    )
 
 
 def make_project(root: Path, files=None, config=None, raw_config=None) -> Path:
@@ -51,7 +57,9 @@ def make_project(root: Path, files=None, config=None, raw_config=None) -> Path:
         else:
             path.write_text(content)
     if raw_config is None:
-        raw_config = yaml.safe_dump({"data_path": "data/t.csv", "seq_length": 2, "n_cores": 1, **(config or {})})
+        raw_config = yaml.safe_dump(
+            {"data_path": "data/t.csv", "seq_length": 2, "n_cores": 1, **(config or {})}
+        )
     (root / "configs").mkdir(exist_ok=True)
     (root / CONFIG).write_text(raw_config)
     return root
@@ -87,55 +95,154 @@ PRECOMPUTED = {"use_precomputed_maps": ["a"]}
 
 CASES = [
     # --- the table's columns
-    case("missing-sequenceId", ["data/t.csv", "missing column 'sequenceId'", "needs sequenceId, itemPosition",
-                                "found: seq, itemPosition, a, x"], files={"data/t.csv": csv(*rows(), header="seq,itemPosition,a,x")}),
-    case("missing-itemPosition", ["data/t.csv", "missing column 'itemPosition'", "needs sequenceId, itemPosition"],
-         files={"data/t.csv": csv(*rows(), header="sequenceId,pos,a,x")}),
-    case("no-feature-column", ["data/t.csv", "no feature column besides sequenceId and itemPosition"],
-         files={"data/t.csv": csv("1,0", "1,1", "1,2", header="sequenceId,itemPosition")}),
-    case("selected-column-absent-config", ["data/t.csv", "selected_columns", "'nope'", "feature columns: a, x"],
-         config={"selected_columns": ["a", "nope"]}),
-    case("selected-column-absent-flag", ["data/t.csv", "selected_columns", "'nope'", "feature columns: a, x"],
-         args=["-sc", "a", "nope"]),
+    case(
+        "missing-sequenceId",
+        [
+            "data/t.csv",
+            "missing column 'sequenceId'",
+            "needs sequenceId, itemPosition",
+            "found: seq, itemPosition, a, x",
+        ],
+        files={"data/t.csv": csv(*rows(), header="seq,itemPosition,a,x")},
+    ),
+    case(
+        "missing-itemPosition",
+        ["data/t.csv", "missing column 'itemPosition'", "needs sequenceId, itemPosition"],
+        files={"data/t.csv": csv(*rows(), header="sequenceId,pos,a,x")},
+    ),
+    case(
+        "no-feature-column",
+        ["data/t.csv", "no feature column besides sequenceId and itemPosition"],
+        files={"data/t.csv": csv("1,0", "1,1", "1,2", header="sequenceId,itemPosition")},
+    ),
+    case(
+        "selected-column-absent-config",
+        ["data/t.csv", "selected_columns", "'nope'", "feature columns: a, x"],
+        config={"selected_columns": ["a", "nope"]},
+    ),
+    case(
+        "selected-column-absent-flag",
+        ["data/t.csv", "selected_columns", "'nope'", "feature columns: a, x"],
+        args=["-sc", "a", "nope"],
+    ),
     # --- the table's rows
-    case("duplicate-position", ["duplicate (sequenceId, itemPosition) = (2, 3)", "data/t.csv line 15", BAD_ROW,
-                                "needs its own position"], files={"data/t.csv": csv(*rows(), "2,3,u,0.5")}),
-    case("duplicate-position-across-files", ["(1, 4)", "data/d/f1.csv line 6", "data/d/f2.csv line 2", "own position"],
-         files={"data/d/f1.csv": GOOD, "data/d/f2.csv": csv("1,4,u,0.5")}, config=FOLDER),
-    case("position-not-integer", [BAD_ROW, "itemPosition is 10.5;", "positions must be integers"],
-         files={"data/t.csv": csv(*rows(), "2,10.5,u,0.5")}),
-    case("position-not-numeric", [BAD_ROW, "itemPosition", "'abc'", "integers"],
-         files={"data/t.csv": csv(*rows(), "2,abc,u,0.5")}),
-    case("nan-real-csv", [BAD_ROW, "column 'x'", "is missing", "NaN"], files={"data/t.csv": csv(*rows(), "2,10,u,NaN")}),
-    case("nan-real-parquet", ["data/t.parquet row 3", "real column 'x' is nan", "(sequenceId 1)", "must be finite"],
-         files={"data/t.parquet": parquet_table([0.0, 1.0, float("nan"), 2.0])}, config={"data_path": "data/t.parquet"}),
-    case("inf-real", [BAD_ROW, "real column 'x' is inf", "(sequenceId 2)", "must be finite"],
-         files={"data/t.csv": csv(*rows(), "2,10,u,inf")}),
+    case(
+        "duplicate-position",
+        [
+            "duplicate (sequenceId, itemPosition) = (2, 3)",
+            "data/t.csv line 15",
+            BAD_ROW,
+            "needs its own position",
+        ],
+        files={"data/t.csv": csv(*rows(), "2,3,u,0.5")},
+    ),
+    case(
+        "duplicate-position-across-files",
+        ["(1, 4)", "data/d/f1.csv line 6", "data/d/f2.csv line 2", "own position"],
+        files={"data/d/f1.csv": GOOD, "data/d/f2.csv": csv("1,4,u,0.5")},
+        config=FOLDER,
+    ),
+    case(
+        "position-not-integer",
+        [BAD_ROW, "itemPosition is 10.5;", "positions must be integers"],
+        files={"data/t.csv": csv(*rows(), "2,10.5,u,0.5")},
+    ),
+    case(
+        "position-not-numeric",
+        [BAD_ROW, "itemPosition", "'abc'", "integers"],
+        files={"data/t.csv": csv(*rows(), "2,abc,u,0.5")},
+    ),
+    case(
+        "nan-real-csv",
+        [BAD_ROW, "column 'x'", "is missing", "NaN"],
+        files={"data/t.csv": csv(*rows(), "2,10,u,NaN")},
+    ),
+    case(
+        "nan-real-parquet",
+        ["data/t.parquet row 3", "real column 'x' is nan", "(sequenceId 1)", "must be finite"],
+        files={"data/t.parquet": parquet_table([0.0, 1.0, float("nan"), 2.0])},
+        config={"data_path": "data/t.parquet"},
+    ),
+    case(
+        "inf-real",
+        [BAD_ROW, "real column 'x' is inf", "(sequenceId 2)", "must be finite"],
+        files={"data/t.csv": csv(*rows(), "2,10,u,inf")},
+    ),
     case("empty-csv", ["data/t.csv", "no rows"], files={"data/t.csv": csv()}),
-    case("empty-parquet", ["data/t.parquet", "no rows"], files={"data/t.parquet": parquet_table([])},
-         config={"data_path": "data/t.parquet"}),
+    case(
+        "empty-parquet",
+        ["data/t.parquet", "no rows"],
+        files={"data/t.parquet": parquet_table([])},
+        config={"data_path": "data/t.parquet"},
+    ),
     # --- unreadable input
-    case("garbage-parquet", ["data/t.parquet", "cannot be read as parquet"],
-         files={"data/t.parquet": b"PAR1\x00\x13garbage\xff\xfe"}, config={"data_path": "data/t.parquet"}),
-    case("garbage-csv", ["data/t.csv", "cannot be read as csv"], files={"data/t.csv": b"\x00\x01\x02garbage\xff"}),
-    case("ragged-csv", ["data/t.csv", "cannot be read as csv", "Expected 4 columns, got 5", "2,10,u,0.5,9"],
-         files={"data/t.csv": csv(*rows(), "2,10,u,0.5,9")}),
-    case("data-path-missing", ["data/nope.csv", "no such file or folder", "data_path"], config={"data_path": "data/nope.csv"}),
+    case(
+        "garbage-parquet",
+        ["data/t.parquet", "cannot be read as parquet"],
+        files={"data/t.parquet": b"PAR1\x00\x13garbage\xff\xfe"},
+        config={"data_path": "data/t.parquet"},
+    ),
+    case(
+        "garbage-csv",
+        ["data/t.csv", "cannot be read as csv"],
+        files={"data/t.csv": b"\x00\x01\x02garbage\xff"},
+    ),
+    case(
+        "ragged-csv",
+        ["data/t.csv", "cannot be read as csv", "Expected 4 columns, got 5", "2,10,u,0.5,9"],
+        files={"data/t.csv": csv(*rows(), "2,10,u,0.5,9")},
+    ),
+    case(
+        "data-path-missing",
+        ["data/nope.csv", "no such file or folder", "data_path"],
+        config={"data_path": "data/nope.csv"},
+    ),
     # --- config values checked against the data
-    case("split-ratios-sum", [CONFIG, "split_ratios", "[0.5, 0.2]", "0.7", "must sum to 1"],
-         config={"split_ratios": [0.5, 0.2]}),
-    case("stride-count", [CONFIG, "stride_by_split", "has 2 values", "one per split (3"], config={"stride_by_split": [1, 1]}),
-    case("exact-stride", [CONFIG, "subsequence_start_mode 'exact'", "span of 5 items", "stride_by_split[0] = 3",
-                          "does not divide"], config={"subsequence_start_mode": "exact", "stride_by_split": [3, 1, 1]}),
-    case("precomputed-id-below-3", ["configs/id_maps/a.json", "value 'u' has id 2", "from 3 up"],
-         files={"data/t.csv": GOOD, "configs/id_maps/a.json": '{"u": 2, "v": 3}'}, config=PRECOMPUTED),
-    case("precomputed-map-missing", ["configs/id_maps/a.json", "column 'a'", "not found", "use_precomputed_maps"],
-         config=PRECOMPUTED),
+    case(
+        "split-ratios-sum",
+        [CONFIG, "split_ratios", "[0.5, 0.2]", "0.7", "must sum to 1"],
+        config={"split_ratios": [0.5, 0.2]},
+    ),
+    case(
+        "stride-count",
+        [CONFIG, "stride_by_split", "has 2 values", "one per split (3"],
+        config={"stride_by_split": [1, 1]},
+    ),
+    case(
+        "exact-stride",
+        [
+            CONFIG,
+            "subsequence_start_mode 'exact'",
+            "span of 5 items",
+            "stride_by_split[0] = 3",
+            "does not divide",
+        ],
+        config={"subsequence_start_mode": "exact", "stride_by_split": [3, 1, 1]},
+    ),
+    case(
+        "precomputed-id-below-3",
+        ["configs/id_maps/a.json", "value 'u' has id 2", "from 3 up"],
+        files={"data/t.csv": GOOD, "configs/id_maps/a.json": '{"u": 2, "v": 3}'},
+        config=PRECOMPUTED,
+    ),
+    case(
+        "precomputed-map-missing",
+        ["configs/id_maps/a.json", "column 'a'", "not found", "use_precomputed_maps"],
+        config=PRECOMPUTED,
+    ),
     # --- the config file itself
-    case("unknown-key", [CONFIG, "seq_lenght: unknown key", "did you mean 'seq_length'?"], config={"seq_lenght": 2}),
+    case(
+        "unknown-key",
+        [CONFIG, "seq_lenght: unknown key", "did you mean 'seq_length'?"],
+        config={"seq_lenght": 2},
+    ),
     case("wrong-type", [CONFIG, "seq_length", "'abc'", "integer"], config={"seq_length": "abc"}),
     case("invalid-enum", [CONFIG, "write_format", "'xml'", "'parquet'"], config={"write_format": "xml"}),
-    case("invalid-yaml", [CONFIG, "not valid YAML", "line 2"], raw_config="data_path: data/t.csv\n- seq_length\n"),
+    case(
+        "invalid-yaml",
+        [CONFIG, "not valid YAML", "line 2"],
+        raw_config="data_path: data/t.csv\n- seq_length\n",
+    ),
     case("config-missing", ["configs/nope.yaml", "config file not found"], config_path="configs/nope.yaml"),
 ]
 
@@ -157,13 +264,22 @@ def test_sequence_split_across_files_with_process_by_file(tmp_path):
 
 
 def test_error_in_one_worker_leaves_no_work_folder(tmp_path):
-    """Two cores: part 0 (sequence 1) fails at once on a duplicate while part 1 (sequence 2, long) is scanned."""
+    """Two cores: part 0 (sequence 1) fails at once on a duplicate while part 1 (long) is scanned."""
     n = 100_000
-    table = pa.table({"sequenceId": [1] * 11 + [2] * n, "itemPosition": [*range(10), 3, *range(n)],
-                      "a": ["u"] * (n + 11), "x": np.arange(n + 11) / 7})
+    table = pa.table(
+        {
+            "sequenceId": [1] * 11 + [2] * n,
+            "itemPosition": [*range(10), 3, *range(n)],
+            "a": ["u"] * (n + 11),
+            "x": np.arange(n + 11) / 7,
+        }
+    )
     for attempt in range(4):  # a race, lost about 5 times in 6 before the fix
-        root = make_project(tmp_path / str(attempt), {"data/t.parquet": table},
-                            {"data_path": "data/t.parquet", "n_cores": 2, "n_partitions": 2})
+        root = make_project(
+            tmp_path / str(attempt),
+            {"data/t.parquet": table},
+            {"data_path": "data/t.parquet", "n_cores": 2, "n_partitions": 2},
+        )
         assert_rejected(root, run_cli(root), ["(1, 3)", "data/t.parquet row 4", "data/t.parquet row 11"])
 
 
@@ -178,7 +294,11 @@ def _preprocess(root: Path, lines: list) -> dict:
 
 def test_unsorted_input_gives_the_same_output(tmp_path):
     rng = random.Random(7)
-    lines = [f"s{s},{i},{rng.choice('uvw')},{rng.uniform(-5, 5):.4f}" for s in range(1, 7) for i in range(8 + 2 * s)]
+    lines = [
+        f"s{s},{i},{rng.choice('uvw')},{rng.uniform(-5, 5):.4f}"
+        for s in range(1, 7)
+        for i in range(8 + 2 * s)
+    ]
     shuffled = lines.copy()
     rng.shuffle(shuffled)
     assert shuffled != lines

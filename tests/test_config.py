@@ -42,9 +42,18 @@ def test_set_dotted_creates_nested_keys():
 @pytest.mark.parametrize(
     "values, expected",
     [
-        ({"data_path": "a.csv", "seq_lenght": 8}, ["c.yaml", "seq_lenght: unknown key", "did you mean 'seq_length'"]),
-        ({"data_path": "a.csv", "seq_length": "abc"}, ["c.yaml", "seq_length", "'abc'", "not of type 'integer'"]),
-        ({"data_path": "a.csv", "write_format": "xml"}, ["write_format", "'xml'", "'parquet'", "'csv'", "'pt'"]),
+        (
+            {"data_path": "a.csv", "seq_lenght": 8},
+            ["c.yaml", "seq_lenght: unknown key", "did you mean 'seq_length'"],
+        ),
+        (
+            {"data_path": "a.csv", "seq_length": "abc"},
+            ["c.yaml", "seq_length", "'abc'", "not of type 'integer'"],
+        ),
+        (
+            {"data_path": "a.csv", "write_format": "xml"},
+            ["write_format", "'xml'", "'parquet'", "'csv'", "'pt'"],
+        ),
         ({"data_path": "a.csv", "split_ratios": [0.5, -0.5]}, ["split_ratios.1", "-0.5"]),
         ({}, ["data_path: required key is missing"]),
     ],
@@ -66,9 +75,13 @@ def test_invalid_yaml_and_missing_file(tmp_path):
 
 
 def test_help_answers_without_importing_heavy_modules():
-    code = "import sys; from sequifier import cli; cli.build_parser(); print(sorted({'torch', 'pandas', 'pyarrow', 'numpy'} & set(sys.modules)))"
+    heavy = "{'torch', 'pandas', 'pyarrow', 'numpy'}"
+    code = "import sys; "
+    code += f"from sequifier import cli; cli.build_parser(); print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
     for command in ([], ["make"], ["preprocess"]):
-        result = subprocess.run([sys.executable, "-m", "sequifier", *command, "--help"], capture_output=True, text=True)
+        result = subprocess.run(
+            [sys.executable, "-m", "sequifier", *command, "--help"], capture_output=True, text=True
+        )
         assert result.returncode == 0 and "usage: sequifier" in result.stdout

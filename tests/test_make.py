@@ -2,8 +2,8 @@
 
 import pandas as pd
 import yaml
-
 from conftest import REPO, run_cli
+
 from sequifier import config
 from sequifier.make import TEMPLATES, example_table
 

@@ -6,7 +6,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from conftest import sequences_table
 
 W = 4
@@ -36,7 +35,10 @@ def assert_windows_match_table(windows, metadata, table, split_items):
         for t, value in enumerate(items):
             position = start + t
             if position < first[sequence]:
-                assert value in (None, pytest.approx(metadata["selected_columns_statistics"].get(column, {}).get("mean", 0)))
+                assert value in (
+                    None,
+                    pytest.approx(metadata["selected_columns_statistics"].get(column, {}).get("mean", 0)),
+                )
                 continue
             expected = by_key.loc[(sequence, position), column]
             if isinstance(value, float):
@@ -98,7 +100,9 @@ def test_no_normalization_keeps_raw_values(project):
     windows = project.split(0)
     assert set(windows.inputCol) == {"price"}
     last = windows.groupby("sequenceId").tail(1).iloc[0]
-    expected = table[(table.sequenceId == last.sequenceId) & (table.itemPosition == last.startItemPosition + W)]
+    expected = table[
+        (table.sequenceId == last.sequenceId) & (table.itemPosition == last.startItemPosition + W)
+    ]
     assert last["0"] == pytest.approx(expected.price.item())
 
 
@@ -176,7 +180,8 @@ def test_parquet_folder_input_and_process_by_file(project):
             got = project.split(k, name="parts")
             key = ["sequenceId", "subsequenceId", "inputCol"]
             pd.testing.assert_frame_equal(
-                got.sort_values(key).reset_index(drop=True), reference[k].sort_values(key).reset_index(drop=True)
+                got.sort_values(key).reset_index(drop=True),
+                reference[k].sort_values(key).reset_index(drop=True),
             )
 
 

@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from sequifier.windows import Windows, gather, split_bounds, start_positions, windows_of_split
+from sequifier.windows import (
+    Windows,
+    gather,
+    split_bounds,
+    start_positions,
+    windows_of_split,
+)
 
 
 def test_within_sequence_bounds_round_to_nearest_item():
@@ -63,9 +69,13 @@ def test_window_properties(mode, method):
                 assert len(first_slots) == 0, "no windows without items in the split"
                 continue
             last_slots = first_slots + seq_length
-            assert np.all((lo <= last_slots) & (last_slots < hi)), "a window of split k ends on an item of split k"
+            assert np.all((lo <= last_slots) & (last_slots < hi)), (
+                "a window of split k ends on an item of split k"
+            )
             assert last_slots[-1] == hi - 1, "the last window ends on the split's last item"
-            assert last_slots[0] == max(lo, min(seq_length, hi - 1)), "the first window ends as early as it can"
+            assert last_slots[0] == max(lo, min(seq_length, hi - 1)), (
+                "the first window ends as early as it can"
+            )
             assert np.all(first_slots >= min(0, lo - seq_length)), "context reaches back at most W items"
             segment = hi - max(0, lo - seq_length)
             assert (first_slots[0] < 0) == (segment < seq_length + 1), "padding only for short segments"
@@ -82,4 +92,8 @@ def test_gather_keeps_sequences_apart():
     values = np.arange(100, 110)
     starts = np.array([0, 3, 10])  # sequences of 3 and 7 items
     w = Windows(sequence=np.array([0, 1, 1]), subsequence=np.array([0, 0, 1]), offset=np.array([-1, 0, 3]))
-    assert gather(values, starts, w, 3).tolist() == [[0, 100, 101, 102], [103, 104, 105, 106], [106, 107, 108, 109]]
+    assert gather(values, starts, w, 3).tolist() == [
+        [0, 100, 101, 102],
+        [103, 104, 105, 106],
+        [106, 107, 108, 109],
+    ]

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import REPO, run_cli
 
 BIN = Path(sys.executable).parent
@@ -44,9 +43,20 @@ def test_dry_run_lists_one_job_per_part_and_split(workflow):
     result = snakemake(workflow, "-n")
     assert result.returncode == 0, result.stderr
     table = result.stdout.split("Job stats:")[-1].split("Reasons:")[0]
-    counts = {line.split()[0]: int(line.split()[1]) for line in table.splitlines()
-              if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert counts == {"partition": 1, "scan": 3, "metadata": 1, "windows": 3, "merge": 3, "all": 1, "total": 12}
+    counts = {
+        line.split()[0]: int(line.split()[1])
+        for line in table.splitlines()
+        if len(line.split()) == 2 and line.split()[1].isdigit()
+    }
+    assert counts == {
+        "partition": 1,
+        "scan": 3,
+        "metadata": 1,
+        "windows": 3,
+        "merge": 3,
+        "all": 1,
+        "total": 12,
+    }
 
 
 def test_workflow_matches_the_cli_and_reruns_nothing(workflow, tmp_path):
@@ -57,9 +67,21 @@ def test_workflow_matches_the_cli_and_reruns_nothing(workflow, tmp_path):
     for rule in ("partition", "scan", "metadata", "windows", "merge"):
         assert any((workflow / "logs" / "example" / rule).iterdir()), f"{rule} has a log"
 
-    run_cli("preprocess", "--config-path", workflow / "config" / "preprocess.yaml", "--project-root", workflow,
-            "--output-path", tmp_path, "--metadata-config-path", tmp_path / "metadata.json", "--n-cores", "1",
-            cwd=workflow, check=True)
+    run_cli(
+        "preprocess",
+        "--config-path",
+        workflow / "config" / "preprocess.yaml",
+        "--project-root",
+        workflow,
+        "--output-path",
+        tmp_path,
+        "--metadata-config-path",
+        tmp_path / "metadata.json",
+        "--n-cores",
+        "1",
+        cwd=workflow,
+        check=True,
+    )
     for k in range(3):
         name = f"example-split{k}.parquet"
         assert (results / "data" / name).read_bytes() == (tmp_path / name).read_bytes()
