@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -98,18 +97,16 @@ class ColumnEncoder:
         self.statistics = metadata["selected_columns_statistics"]
         self._lookups = {}
         for column, raw in metadata["id_maps"].items():
-            id_map = id_map_from_json(raw, metadata["column_dtypes"][column])
-            keys = pd.Index(
-                list(id_map.keys()),
-                dtype=object if metadata["column_dtypes"][column] == "string" else np.int64,
-            )
+            dtype = metadata["column_dtypes"][column]
+            id_map = id_map_from_json(raw, dtype)
+            keys = pa.array(list(id_map), type=pa.int64() if dtype == "int64" else pa.string())
             self._lookups[column] = (keys, np.fromiter(id_map.values(), dtype=np.int64, count=len(id_map)))
 
     def encode(self, column: str, values) -> tuple[np.ndarray, int]:
-        """(encoded values, count of categorical values not in the id map)."""
-        if isinstance(values, (pa.Array, pa.ChunkedArray)):
-            values = values.to_numpy(zero_copy_only=False)
+        """(encoded values, count of categorical values not in the id map); `values` as Arrow or numpy."""
         if self.kinds[column] == "real":
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                values = values.to_numpy()
             values = np.asarray(values, dtype=np.float64)
             if not self.normalize:
                 return values, 0
@@ -117,6 +114,6 @@ class ColumnEncoder:
             std = stats["std"] if stats["std"] > 0 else 1.0
             return (values - stats["mean"]) / std, 0
         keys, ids = self._lookups[column]
-        index = keys.get_indexer(values)
+        index = pc.index_in(values, value_set=keys).fill_null(-1).to_numpy()
         unknown = index < 0
         return np.where(unknown, OTHER_ID, ids[index]), int(unknown.sum())

@@ -5,11 +5,11 @@ rows are ordered by (hash, sequenceId, itemPosition), so concatenating the parts
 the same global order whatever the number of parts.
 """
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.ipc as ipc
 
@@ -19,9 +19,19 @@ from sequifier.table import POSITION, SEQUENCE, SOURCE_FILE, SOURCE_ROW, describ
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
 
-def sequence_hash(ids: pa.Array) -> np.ndarray:
-    """A stable 64-bit hash per sequenceId (the same for the same value in any file or run)."""
-    return pd.util.hash_array(np.asarray(ids.to_numpy(zero_copy_only=False)), categorize=False)
+def sequence_hash(ids) -> np.ndarray:
+    """A stable 64-bit hash per sequenceId (the same for the same value in any file or run).
+
+    Integers are mixed with splitmix64; strings hashed with blake2b, once per distinct value.
+    """
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    if pa.types.is_integer(ids.type):
+        return _splitmix(ids.to_numpy().astype(np.int64).view(np.uint64))
+    encoded = ids.dictionary_encode()
+    distinct = [hashlib.blake2b(v.encode(), digest_size=8).digest() for v in encoded.dictionary.to_pylist()]
+    hashes = np.frombuffer(b"".join(distinct), dtype="<u8") if distinct else np.empty(0, dtype=np.uint64)
+    return hashes[encoded.indices.to_numpy()]
 
 
 def _splitmix(x: np.ndarray) -> np.ndarray:
@@ -48,7 +58,7 @@ def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> 
     writers = [ipc.new_file(path, schema) for path in paths]
     rows = 0
     try:
-        for _, table in batches:
+        for table in batches:
             parts = part_of(sequence_hash(table.column(SEQUENCE)), n_parts)
             order = np.argsort(parts, kind="stable")
             bounds = np.searchsorted(parts[order], np.arange(n_parts + 1))
@@ -83,7 +93,7 @@ def take(table: pa.Table, indices: np.ndarray) -> pa.Table:
 class Part:
     """One part's rows, sorted by (hash, sequenceId, itemPosition), with sequence boundaries."""
 
-    table: pa.Table  # sequenceId, itemPosition, features, source file and row
+    table: pa.Table  # sequenceId, itemPosition, features
     starts: np.ndarray  # row offset of each sequence, plus the total at the end
     hashes: np.ndarray  # per sequence
 
@@ -108,9 +118,9 @@ def _sequence_order(unique_ids: np.ndarray, unique_hashes: np.ndarray) -> np.nda
 
 def sort_part(table: pa.Table, files: list[Path], fmt: str) -> Part:
     """Sort a part, find its sequences and reject duplicate (sequenceId, itemPosition) pairs."""
-    codes, unique_ids = pd.factorize(np.asarray(table.column(SEQUENCE).to_numpy()), sort=False)
-    unique_ids = np.asarray(unique_ids)
-    unique_hashes = sequence_hash(pa.array(unique_ids))
+    encoded = table.column(SEQUENCE).combine_chunks().dictionary_encode()
+    codes, unique_ids = encoded.indices.to_numpy(), encoded.dictionary.to_numpy(zero_copy_only=False)
+    unique_hashes = sequence_hash(encoded.dictionary)
     rank = _sequence_order(unique_ids, unique_hashes)
     row_rank, positions = rank[codes], table.column(POSITION).to_numpy()
     order = np.argsort(row_rank, kind="stable")  # fast when each sequence's rows are contiguous
@@ -119,20 +129,20 @@ def sort_part(table: pa.Table, files: list[Path], fmt: str) -> Part:
     if np.any(same_sequence & (sorted_positions[1:] < sorted_positions[:-1])):
         order = np.lexsort((positions, row_rank))
         key, sorted_positions = row_rank[order], positions[order]
-    if not np.array_equal(order, np.arange(len(order))):
-        table = take(table, order)
     duplicate = np.flatnonzero(same_sequence & (sorted_positions[1:] == sorted_positions[:-1]))
     if len(duplicate):
-        i = int(duplicate[0])
-        source_file = table.column(SOURCE_FILE).to_numpy()
-        source_row = table.column(SOURCE_ROW).to_numpy()
+        i, j = order[duplicate[0]], order[duplicate[0] + 1]
+        source_file, source_row = table.column(SOURCE_FILE).to_numpy(), table.column(SOURCE_ROW).to_numpy()
         first = describe_row(files, fmt, source_file[i], source_row[i])
-        second = describe_row(files, fmt, source_file[i + 1], source_row[i + 1])
+        second = describe_row(files, fmt, source_file[j], source_row[j])
         raise DataError(
-            f"duplicate ({SEQUENCE}, {POSITION}) = ({table.column(SEQUENCE)[i].as_py()!r}, "
-            f"{int(sorted_positions[i])}) at {first} and {second} ({len(duplicate)} in all); "
+            f"duplicate ({SEQUENCE}, {POSITION}) = ({table.column(SEQUENCE)[int(i)].as_py()!r}, "
+            f"{int(positions[i])}) at {first} and {second} ({len(duplicate)} in all); "
             "every item of a sequence needs its own position"
         )
+    table = table.drop_columns([SOURCE_FILE, SOURCE_ROW])
+    if not np.array_equal(order, np.arange(len(order))):
+        table = take(table, order)
     n = len(key)
     starts = np.concatenate([[0], np.flatnonzero(~same_sequence) + 1, [n] if n else []]).astype(np.int64)
     hashes = np.empty(len(unique_hashes), dtype=np.uint64)

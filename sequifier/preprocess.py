@@ -55,6 +55,16 @@ def _merge(plan: steps.Plan, metadata: dict, k: int) -> None:
     steps.merge(plan, metadata, k, _merged(plan, k))
 
 
+def _run_in_memory(plan: steps.Plan) -> dict:
+    """One part: keep its rows in memory from scan to windows and write the splits directly."""
+    part = steps.scan(plan, 0, write_rows=False)
+    metadata = steps.reduce(plan, plan.work / "metadata.json")
+    encoded = steps.encode_part(plan, metadata, part)
+    for k in range(len(plan.strides)):
+        steps.write_split(plan, metadata, steps.split_tables(plan, encoded, k), _merged(plan, k))
+    return metadata
+
+
 def _init_worker(level: int) -> None:
     import pyarrow
 
@@ -68,12 +78,15 @@ class _Runner:
     def __init__(self, n_cores: int):
         self.pool = None
         if n_cores > 1:
+            # Workers fork from a server that has imported the steps once; they start now, in the
+            # background, so their start-up overlaps the partition step.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["sequifier.preprocess_steps"])
             self.pool = ProcessPoolExecutor(
-                n_cores,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init_worker,
-                initargs=(logging.getLogger().level,),
+                n_cores, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger().level,)
             )
+            for _ in range(n_cores):
+                self.pool.submit(abs, 0)
 
     def map(self, description: str, function, items, *args) -> None:
         from tqdm import tqdm
@@ -104,12 +117,17 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     n_splits = len(config["split_ratios"])
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
     try:
-        if not config["process_by_file"] and not plan.part_path(0).parent.is_dir():
-            steps.partition(plan)
-        runner.map("scan", steps.scan, _missing(range(plan.n_parts), plan.scan_path), plan)
-        metadata = steps.reduce(plan, plan.work / "metadata.json")
-        runner.map("windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata)
-        runner.map("merge", _merge, _missing(range(n_splits), lambda k: _merged(plan, k)), plan, metadata)
+        if plan.n_parts == 1:
+            metadata = _run_in_memory(plan)
+        else:
+            if plan.partitioned and not plan.part_path(0).parent.is_dir():
+                steps.partition(plan)
+            runner.map("scan", steps.scan, _missing(range(plan.n_parts), plan.scan_path), plan)
+            metadata = steps.reduce(plan, plan.work / "metadata.json")
+            runner.map(
+                "windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata
+            )
+            runner.map("merge", _merge, _missing(range(n_splits), lambda k: _merged(plan, k)), plan, metadata)
     except SequifierError:
         runner.close()  # let running workers finish before their folder goes
         shutil.rmtree(plan.work, ignore_errors=True)

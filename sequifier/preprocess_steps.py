@@ -30,7 +30,9 @@ from sequifier.table import (
     resolve_columns,
 )
 from sequifier.window_files import (
+    prefetched,
     read_ipc,
+    value_matrix,
     value_type,
     window_table,
     write_ipc,
@@ -44,7 +46,8 @@ from sequifier.windows import (
 )
 
 logger = logging.getLogger(__name__)
-BYTES_PER_PART = 128 << 20
+CSV_BYTES_PER_PART = 64 << 20
+ROWS_PER_PART = 2_000_000
 WINDOWS_PER_CHUNK = 32768
 
 
@@ -66,6 +69,15 @@ class Plan:
     work: Path
     metadata_path: Path
 
+    @property
+    def partitioned(self) -> bool:
+        """Whether parts are made by the partition step (else a part is the input or one file)."""
+        return self.n_parts > 1 and not self.config["process_by_file"]
+
+    def input_of(self, p: int) -> list:
+        """The input files part p is made from."""
+        return [self.files[p]] if self.config["process_by_file"] else list(self.files)
+
     def part_path(self, p: int) -> Path:
         return self.work / "parts" / f"part-{p}.arrow"
 
@@ -84,6 +96,14 @@ class Plan:
     def split_path(self, k: int) -> Path:
         suffix = f".{self.config['write_format']}" if self.merged else ""
         return self.output / f"{self.name}-split{k}{suffix}"
+
+
+def _default_parts(files: list, read_format: str) -> int:
+    """Enough parts that one holds about ROWS_PER_PART rows (for CSV, judged by file size)."""
+    if read_format == "parquet":
+        rows = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return max(1, math.ceil(rows / ROWS_PER_PART))
+    return max(1, math.ceil(sum(f.stat().st_size for f in files) / CSV_BYTES_PER_PART))
 
 
 def make_plan(config: dict, source: str = "preprocess config") -> Plan:
@@ -115,9 +135,7 @@ def make_plan(config: dict, source: str = "preprocess config") -> Plan:
     if config["process_by_file"]:
         n_parts = len(files)
     else:
-        n_cores = config["n_cores"] or os.cpu_count() or 1
-        size = sum(f.stat().st_size for f in files)
-        n_parts = config["n_partitions"] or max(n_cores, math.ceil(size / BYTES_PER_PART))
+        n_parts = config["n_partitions"] or _default_parts(files, read_format)
     name = data_path.stem if data_path.is_file() else data_path.name
     output = root / config["output_path"]
     metadata_path = root / (config["metadata_config_path"] or f"configs/metadata_configs/{name}.json")
@@ -143,8 +161,8 @@ def make_plan(config: dict, source: str = "preprocess config") -> Plan:
 
 
 def partition(plan: Plan) -> None:
-    """Route every row to the part of its sequence (nothing to do when parts are files)."""
-    if plan.config["process_by_file"]:
+    """Route every row to the part of its sequence (nothing to do for one part or parts by file)."""
+    if not plan.partitioned:
         return
     with atomic_path(plan.part_path(0).parent) as tmp:
         tmp.mkdir()
@@ -154,14 +172,13 @@ def partition(plan: Plan) -> None:
 
 
 def load_part(plan: Plan, p: int) -> Part:
-    """A part read from the input (one file) or from the partition step, then sorted."""
-    if plan.config["process_by_file"]:
-        files = [plan.files[p]]
-        tables = [t for _, t in read_batches(files, plan.read_format, plan.columns, plan.config["max_rows"])]
-        table = pa.concat_tables(tables) if tables else plan.columns.part_schema().empty_table()
-    else:
-        files = list(plan.files)
+    """A part read from the partition step, or straight from the input, then sorted."""
+    files = plan.input_of(p)
+    if plan.partitioned:
         table = read_arrow(plan.part_path(p))
+    else:
+        tables = list(read_batches(files, plan.read_format, plan.columns, plan.config["max_rows"]))
+        table = pa.concat_tables(tables) if tables else plan.columns.part_schema().empty_table()
     return sort_part(table, files, plan.read_format)
 
 
@@ -184,8 +201,11 @@ def part_bounds(plan: Plan, part: Part) -> np.ndarray:
 # --- scan ----------------------------------------------------------------------------------
 
 
-def scan(plan: Plan, p: int) -> None:
-    """Per part: distinct categorical values, per-sequence moments of real columns, counts."""
+def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
+    """Per part: distinct categorical values, per-sequence moments of real columns, counts.
+
+    The sorted rows are written for the windows step unless the caller keeps `Part` in memory.
+    """
     part = load_part(plan, p)
     config = plan.config
     bounds = part_bounds(plan, part)
@@ -214,11 +234,13 @@ def scan(plan: Plan, p: int) -> None:
         "windows": n_windows,
         "values": {c: encoding.sorted_values(part.table.column(c)) for c in plan.columns.categorical()},
     }
-    with atomic_path(plan.sorted_path(p)) as tmp:
-        write_ipc(tmp, [part.table])
+    if write_rows:
+        with atomic_path(plan.sorted_path(p)) as tmp:
+            write_ipc(tmp, [part.table])
     with atomic_path(plan.sequences_path(p)) as tmp:
         pq.write_table(pa.table(sequences), tmp)
     write_json(plan.scan_path(p), summary)
+    return part
 
 
 # --- reduce --------------------------------------------------------------------------------
@@ -324,49 +346,64 @@ def reduce(plan: Plan, metadata_path: Path) -> dict:
 # --- windows and merge ---------------------------------------------------------------------
 
 
+@dataclass
+class EncodedPart:
+    """A sorted part with its columns encoded side by side, ready to be cut into windows."""
+
+    ids: pa.Array  # per sequence
+    positions: np.ndarray
+    starts: np.ndarray
+    matrix: np.ndarray  # see window_files.value_matrix
+    bounds: np.ndarray  # split bounds per sequence
+
+
+def encode_part(plan: Plan, metadata: dict, part: Part) -> EncodedPart:
+    encoder = encoding.ColumnEncoder(metadata)
+    encoded = {c: encoder.encode(c, part.table.column(c))[0] for c in plan.columns.features}
+    return EncodedPart(
+        ids=part.sequence_ids(),
+        positions=part.table.column(POSITION).to_numpy(),
+        starts=part.starts,
+        matrix=value_matrix(encoded, value_type(metadata)),
+        bounds=part_bounds(plan, part),
+    )
+
+
+def split_tables(plan: Plan, part: EncodedPart, k: int):
+    """The window tables of split k of a part, in chunks (at least one table, maybe empty)."""
+    seq_length, names = plan.config["seq_length"], list(plan.columns.features)
+    split = windows_of_split(
+        part.bounds, k, seq_length, plan.strides[k], plan.config["subsequence_start_mode"]
+    )
+    for i in range(0, max(len(split), 1), WINDOWS_PER_CHUNK):
+        chunk = split.slice(i, i + WINDOWS_PER_CHUNK)
+        yield window_table(part.ids, part.positions, part.starts, part.matrix, names, chunk, seq_length)
+
+
 def windows(plan: Plan, metadata: dict, p: int) -> None:
     """Encode a part and cut it into the windows of every split (Arrow IPC, one file per split)."""
-    part = load_sorted_part(plan, p)
-    encoder = encoding.ColumnEncoder(metadata)
-    dtype = value_type(metadata)
-    numpy_type = dtype.to_pandas_dtype()
-    encoded = {
-        c: encoder.encode(c, part.table.column(c))[0].astype(numpy_type) for c in plan.columns.features
-    }
-    positions = part.table.column(POSITION).to_numpy()
-    ids = part.sequence_ids()
-    bounds = part_bounds(plan, part)
-    seq_length, mode = plan.config["seq_length"], plan.config["subsequence_start_mode"]
+    part = encode_part(plan, metadata, load_sorted_part(plan, p))
     with atomic_path(plan.windows_path(p)) as tmp:
         tmp.mkdir()
-        for k, stride in enumerate(plan.strides):
-            split = windows_of_split(bounds, k, seq_length, stride, mode)
-            chunks = range(0, max(len(split), 1), WINDOWS_PER_CHUNK)
-            tables = (
-                window_table(
-                    ids,
-                    positions,
-                    part.starts,
-                    encoded,
-                    split.slice(i, i + WINDOWS_PER_CHUNK),
-                    seq_length,
-                    dtype,
-                )
-                for i in chunks
-            )
-            write_ipc(tmp / f"split{k}.arrow", tables)
+        for k in range(len(plan.strides)):
+            write_ipc(tmp / f"split{k}.arrow", split_tables(plan, part, k))
 
 
-def merge(plan: Plan, metadata: dict, k: int, target: Path) -> None:
-    """Concatenate split k of every part, in order, into its output file or folder of shards."""
-    tables = (t for p in range(plan.n_parts) for t in read_ipc(plan.windows_path(p) / f"split{k}.arrow"))
+def write_split(plan: Plan, metadata: dict, tables, target: Path) -> None:
+    """Write the window tables of one split as its output file or folder of shards."""
     with atomic_path(target) as tmp:
         write_windows(
             tmp,
-            tables,
+            prefetched(tables),
             plan.config["write_format"],
             plan.merged,
             list(plan.columns.features),
             metadata["column_types"],
             plan.config["batches_per_file"],
         )
+
+
+def merge(plan: Plan, metadata: dict, k: int, target: Path) -> None:
+    """Concatenate split k of every part, in order, into its output file or folder of shards."""
+    tables = (t for p in range(plan.n_parts) for t in read_ipc(plan.windows_path(p) / f"split{k}.arrow"))
+    write_split(plan, metadata, tables, target)

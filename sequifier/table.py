@@ -17,7 +17,10 @@ SOURCE_FILE = "__source_file__"
 SOURCE_ROW = "__source_row__"
 RESERVED = (SOURCE_FILE, SOURCE_ROW)
 EXTENSIONS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
-CSV_BLOCK_BYTES = 16 << 20
+CSV_INFERENCE_BYTES = 4 << 20  # the first block of the first file fixes the column types
+CSV_BLOCK_BYTES = 1 << 20  # the streaming CSV reader reads ahead many blocks: keep them small
+CSV_WHOLE_BYTES = 64 << 20  # smaller files are parsed at once, on all threads
+BATCH_ROWS = 1 << 20  # rows per table handed on, whatever the blocks
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ def _read_schema(path: Path, fmt: str) -> pa.Schema:
     try:
         if fmt == "parquet":
             return pq.read_schema(path)
-        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)) as reader:
+        with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_INFERENCE_BYTES)) as reader:
             return reader.schema
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}") from None
@@ -217,12 +220,15 @@ def _raw_batches(path: Path, fmt: str, columns: Columns):
     names = columns.schema.names
     try:
         if fmt == "parquet":
-            parquet = pq.ParquetFile(path)
-            for batch in parquet.iter_batches(batch_size=1 << 20, columns=names):
+            parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds whole row groups
+            for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=names):
                 yield pa.Table.from_batches([batch])
         else:
             types = {f.name: f.type for f in columns.schema if f.name != POSITION}
             convert = pacsv.ConvertOptions(column_types=types, include_columns=names)
+            if path.stat().st_size <= CSV_WHOLE_BYTES:
+                yield pacsv.read_csv(path, convert_options=convert)
+                return
             read = pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES)
             with pacsv.open_csv(path, read_options=read, convert_options=convert) as reader:
                 for batch in reader:
@@ -258,8 +264,8 @@ def _conform(path: Path, table: pa.Table, columns: Columns) -> pa.Table:
     return pa.table(arrays, names=columns.schema.names)
 
 
-def read_batches(files: list[Path], fmt: str, columns: Columns, max_rows=None):
-    """Yield (file index, validated table) over all files, with source row numbers attached."""
+def _validated(files: list[Path], fmt: str, columns: Columns, max_rows):
+    """(file index, validated table) per block read, with source row numbers attached."""
     remaining = max_rows
     for index, path in enumerate(files):
         row = 0
@@ -274,7 +280,20 @@ def read_batches(files: list[Path], fmt: str, columns: Columns, max_rows=None):
             table = table.append_column(SOURCE_FILE, pa.array(np.full(n, index, dtype=np.int32)))
             table = table.append_column(SOURCE_ROW, pa.array(np.arange(row, row + n, dtype=np.int64)))
             row += n
-            yield index, table
+            yield table
+
+
+def read_batches(files: list[Path], fmt: str, columns: Columns, max_rows=None):
+    """Validated tables of about BATCH_ROWS rows over all files, in file order."""
+    pending, count = [], 0
+    for table in _validated(files, fmt, columns, max_rows):
+        pending.append(table)
+        count += table.num_rows
+        if count >= BATCH_ROWS:
+            yield pa.concat_tables(pending).combine_chunks()
+            pending, count = [], 0
+    if pending:
+        yield pa.concat_tables(pending).combine_chunks()
 
 
 def describe_row(files: list[Path], fmt: str, file_index: int, row: int) -> str:

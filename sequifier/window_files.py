@@ -6,6 +6,8 @@ same windows as one tensor per column, [windows, W + 1].
 """
 
 from pathlib import Path
+from queue import Queue
+from threading import Thread
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +16,7 @@ import pyarrow.ipc as ipc
 import pyarrow.parquet as pq
 
 from sequifier.table import SEQUENCE
-from sequifier.windows import Windows, gather, start_positions
+from sequifier.windows import Windows, slot_rows, start_positions
 
 SUBSEQUENCE, START, INPUT_COLUMN = "subsequenceId", "startItemPosition", "inputCol"
 ROW_GROUP_WINDOWS = 8192
@@ -34,22 +36,28 @@ def value_type(metadata: dict) -> pa.DataType:
     return pa.float32() if metadata["normalize_real_columns"] and ids_fit else pa.float64()
 
 
+def value_matrix(encoded: dict, dtype: pa.DataType) -> np.ndarray:
+    """The encoded columns side by side, [rows + 1, columns], with a last row of padding (0)."""
+    values = next(iter(encoded.values()))
+    matrix = np.zeros((len(values) + 1, len(encoded)), dtype=dtype.to_pandas_dtype())
+    for c, column in enumerate(encoded.values()):
+        matrix[:-1, c] = column
+    return matrix
+
+
 def window_table(
     sequence_ids: pa.Array,
     positions: np.ndarray,
     seq_start: np.ndarray,
-    encoded: dict,
+    matrix: np.ndarray,
+    names: list,
     windows: Windows,
     seq_length: int,
-    dtype: pa.DataType,
 ) -> pa.Table:
-    """The wide table of `windows`: for each window one row per column, in `encoded` order."""
-    names = list(encoded)
+    """The wide table of `windows`: for each window one row per column (of `value_matrix`)."""
     n_columns, n_windows = len(names), len(windows)
-    stacked = np.empty((seq_length + 1, n_windows, n_columns), dtype=dtype.to_pandas_dtype())
-    for c, name in enumerate(names):
-        stacked[:, :, c] = gather(encoded[name], seq_start, windows, seq_length).T
-    stacked = stacked.reshape(seq_length + 1, n_windows * n_columns)
+    rows = slot_rows(seq_start, windows, seq_length, padding_row=len(matrix) - 1)
+    stacked = matrix[rows].reshape(seq_length + 1, n_windows * n_columns)
     input_col = pa.DictionaryArray.from_arrays(
         pa.array(np.tile(np.arange(n_columns, dtype=np.int32), n_windows)), pa.array(names)
     ).cast(pa.string())
@@ -90,6 +98,26 @@ def read_ipc(path: Path):
             yield pa.Table.from_batches([reader.get_batch(i)])
 
 
+def prefetched(tables, depth: int = 2):
+    """Iterate `tables` while a background thread makes the next ones (Arrow and numpy release
+    the GIL, so making windows overlaps encoding and writing them)."""
+    queue, done = Queue(maxsize=depth), object()
+
+    def produce():
+        try:
+            for table in tables:
+                queue.put(table)
+        except BaseException as error:  # handed to the consumer, raised there
+            queue.put(error)
+        queue.put(done)
+
+    Thread(target=produce, daemon=True).start()
+    while (item := queue.get()) is not done:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def rechunk(tables, rows: int):
     """Re-cut a stream of tables into tables of exactly `rows` rows (the last may be shorter).
 
@@ -112,15 +140,26 @@ def rechunk(tables, rows: int):
         yield empty
 
 
+def _parquet_options(schema: pa.Schema) -> dict:
+    """lz4; ids dictionary-encoded; float values byte-stream-split (dictionaries of floats are
+    slow and gain nothing); statistics for the window ids only."""
+    values = schema.names[4:]
+    options = {"compression": "lz4", "write_statistics": [SEQUENCE, SUBSEQUENCE, START, INPUT_COLUMN]}
+    if pa.types.is_integer(schema.field(values[0]).type):
+        return {**options, "use_dictionary": True}
+    return {
+        **options,
+        "use_dictionary": [SEQUENCE, INPUT_COLUMN],
+        "column_encoding": {name: "BYTE_STREAM_SPLIT" for name in values},
+    }
+
+
 def _write_parquet(path: Path, tables, rows_per_group: int) -> None:
-    """Parquet with zstd; dictionary encoding for ids, not for float values (slow, no gain)."""
     writer = None
     try:
         for table in rechunk(tables, rows_per_group):
             if writer is None:
-                ids_only = pa.types.is_integer(table.schema.field(table.num_columns - 1).type)
-                dictionary = True if ids_only else [SEQUENCE, INPUT_COLUMN]
-                writer = pq.ParquetWriter(path, table.schema, compression="zstd", use_dictionary=dictionary)
+                writer = pq.ParquetWriter(path, table.schema, **_parquet_options(table.schema))
             writer.write_table(table, row_group_size=rows_per_group)
     finally:
         if writer is not None:

@@ -87,13 +87,10 @@ class UnevenStride(DataError):
         super().__init__(f"stride {stride} does not divide span {span}")
 
 
-def gather(values: np.ndarray, seq_start: np.ndarray, windows: Windows, seq_length: int, fill=0):
-    """The window matrix [n_windows, W + 1] of one column, padding slots set to `fill`."""
-    relative = windows.offset[:, None] + np.arange(seq_length + 1)[None, :]
-    rows = seq_start[windows.sequence][:, None] + relative
-    out = values[np.maximum(rows, 0)]
-    out[relative < 0] = fill
-    return out
+def slot_rows(seq_start: np.ndarray, windows: Windows, seq_length: int, padding_row: int) -> np.ndarray:
+    """Row of every slot of every window, [W + 1, n_windows]; padding slots point at `padding_row`."""
+    relative = np.arange(seq_length + 1)[:, None] + windows.offset[None, :]
+    return np.where(relative < 0, padding_row, seq_start[windows.sequence][None, :] + relative)
 
 
 def start_positions(positions: np.ndarray, seq_start: np.ndarray, windows: Windows) -> np.ndarray:

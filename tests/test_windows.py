@@ -5,7 +5,7 @@ import pytest
 
 from sequifier.windows import (
     Windows,
-    gather,
+    slot_rows,
     split_bounds,
     start_positions,
     windows_of_split,
@@ -37,8 +37,8 @@ def test_hand_checked_windows():
     assert validation.offset.tolist() == [5]  # context 5-7 from train, predicts item 8
     short = windows_of_split(np.array([[0, 2, 2, 2]]), 0, 3, 1, "distribute")
     assert short.offset.tolist() == [-2]  # two padding slots, then items 0 and 1
-    values = np.arange(10, 12)
-    assert gather(values, np.array([0]), short, 3).tolist() == [[0, 0, 10, 11]]
+    values = np.array([10, 11, 0])  # the last row is the padding row
+    assert values[slot_rows(np.array([0]), short, 3, padding_row=2)].T.tolist() == [[0, 0, 10, 11]]
     assert start_positions(np.array([5, 6]), np.array([0]), short).tolist() == [3]
 
 
@@ -88,11 +88,11 @@ def test_window_properties(mode, method):
             assert w.subsequence[w.sequence == i].tolist() == list(range(len(first_slots)))
 
 
-def test_gather_keeps_sequences_apart():
-    values = np.arange(100, 110)
+def test_slots_keep_sequences_apart():
+    values = np.append(np.arange(100, 110), 0)
     starts = np.array([0, 3, 10])  # sequences of 3 and 7 items
     w = Windows(sequence=np.array([0, 1, 1]), subsequence=np.array([0, 0, 1]), offset=np.array([-1, 0, 3]))
-    assert gather(values, starts, w, 3).tolist() == [
+    assert values[slot_rows(starts, w, 3, padding_row=10)].T.tolist() == [
         [0, 100, 101, 102],
         [103, 104, 105, 106],
         [106, 107, 108, 109],

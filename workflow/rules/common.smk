@@ -64,7 +64,7 @@ def parts_folder():
 
 
 def scan_input(wildcards):
-    """What a scan reads: the partitioned table, or its own input file with process_by_file."""
-    if PREPROCESS_PLAN.config["process_by_file"]:
-        return [str(PREPROCESS_PLAN.files[int(wildcards.part)])]
-    return [parts_folder()]
+    """What a scan reads: the partitioned table, or the input itself (one part, or parts by file)."""
+    if PREPROCESS_PLAN.partitioned:
+        return [parts_folder()]
+    return [str(path) for path in PREPROCESS_PLAN.input_of(int(wildcards.part))]
