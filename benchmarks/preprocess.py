@@ -2,7 +2,7 @@
 """Benchmark `sequifier preprocess`: ours against the original (PyPI sequifier 3.1.1.0), and bounded memory.
 
     python benchmarks/preprocess.py [--rows N] [--upstream BIN] [--repeats R] [--out DIR]
-    python benchmarks/preprocess.py --memory [--sizes 2e6,8e6,32e6] [--cap-mb 1000 --cap-rows 64e6]
+    python benchmarks/preprocess.py --memory [--sizes 2e6,8e6,32e6] [--cap-mb 750 --cap-rows 64e6]
 
 Every run is a whole process (start-up included), timed by wall clock; peak memory is the
 largest sum of RSS over the process and its children, polled every 20 ms. See README.md.
@@ -247,7 +247,7 @@ def main() -> None:
     arg("--sizes", default="2e6,8e6,32e6", help="--memory: comma-separated row counts")
     arg("--formats", default="csv,parquet", help="--memory: input formats to run")
     arg("--rows-per-part", type=int, default=1_000_000, help="--memory: rows per part")
-    arg("--cap-mb", type=int, default=1000, help="--memory: RLIMIT_AS of the capped run; 0: none")
+    arg("--cap-mb", type=int, default=750, help="--memory: RLIMIT_AS of the capped run; 0: none")
     arg("--cap-rows", default="64e6", help="--memory: rows of the capped run")
     arg("--cap-format", default="parquet", choices=["csv", "parquet"], help="--memory: capped input")
     arg("--delete-tables", action="store_true", help="--memory: delete each table after use")

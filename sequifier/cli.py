@@ -122,6 +122,13 @@ def main(argv=None) -> None:
     except SequifierError as error:
         print(f"sequifier {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
+    except MemoryError as error:
+        print(
+            f"sequifier {args.command}: error: out of memory ({error}); give it more memory, or use "
+            "smaller parts (n_partitions) or fewer processes (n_cores)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     except KeyboardInterrupt:
         print(f"sequifier {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

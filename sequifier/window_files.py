@@ -87,10 +87,10 @@ def write_ipc(path: Path, tables) -> int:
 
 
 def read_ipc(path: Path):
-    """Yield the tables of an IPC file, memory-mapped."""
+    """Yield the tables of an IPC file, one record batch at a time."""
     if not path.exists():
         return
-    with pa.memory_map(str(path)) as source:
+    with pa.OSFile(str(path)) as source:  # read batch by batch: memory stays at one batch
         reader = ipc.open_file(source)
         if reader.num_record_batches == 0:  # a table without rows writes no batch
             yield reader.schema.empty_table()
