@@ -19,7 +19,11 @@ def _none_or_list(values):
 def _add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config-path", default="configs/preprocess.yaml", help="preprocess config (YAML)")
     parser.add_argument("--project-root", help="folder the config's paths are relative to")
-    parser.add_argument("--data-path", "-dp", help="input table, a file or a folder (overrides data_path)")
+    parser.add_argument(
+        "--data-path",
+        "-dp",
+        help="input table, a file or a folder, relative to the project root (overrides data_path)",
+    )
     parser.add_argument(
         "--selected-columns", "-sc", nargs="+", help="feature columns to keep; None keeps all"
     )

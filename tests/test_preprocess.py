@@ -234,3 +234,19 @@ def test_continue_preprocessing_skips_finished_parts(project, monkeypatch):
     preprocess.run(config)
     assert scanned == [] and not work.exists()
     assert _output_bytes(project) == reference
+
+
+def test_streamed_csv_reading_gives_the_same_windows(project, monkeypatch):
+    """Large CSV files are read in small blocks (bounded memory); the windows do not change."""
+    from sequifier import table as input_table
+
+    data = sequences_table(n_sequences=60)
+    data["itemPosition"] = data["itemPosition"].astype(float)  # integral floats are fine positions
+    project.write_data(data)
+    project.preprocess()
+    reference = _output_bytes(project)
+    monkeypatch.setattr(input_table, "CSV_WHOLE_BYTES", 0)
+    monkeypatch.setattr(input_table, "CSV_BLOCK_BYTES", 2048)
+    monkeypatch.setattr(input_table, "BATCH_ROWS", 300)
+    project.preprocess(n_partitions=3)
+    assert _output_bytes(project) == reference
