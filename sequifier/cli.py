@@ -82,8 +82,9 @@ def _run_preprocess_step(args, config) -> None:
     from sequifier import preprocess_steps as steps
     from sequifier.errors import ConfigError
     from sequifier.metadata import load_metadata
+    from sequifier.preprocess_plan import make_plan
 
-    plan = steps.make_plan(config, args.config_path)
+    plan = make_plan(config, args.config_path)
     needs = {"scan": "part", "windows": "part", "merge": "split"}
     if args.step in needs and getattr(args, needs[args.step]) is None:
         raise ConfigError(f"preprocess-step {args.step} needs --{needs[args.step]}")

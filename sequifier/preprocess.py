@@ -17,16 +17,17 @@ from sequifier import metadata as meta
 from sequifier import preprocess_steps as steps
 from sequifier.errors import ConfigError, SequifierError
 from sequifier.files import publish, read_json, write_json
+from sequifier.preprocess_plan import Plan, make_plan
 
 logger = logging.getLogger(__name__)
 
 
-def _fingerprint(plan: steps.Plan) -> dict:
+def _fingerprint(plan: Plan) -> dict:
     files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in plan.files]
     return {"config": meta.recorded_config(plan.config), "files": files, "n_parts": plan.n_parts}
 
 
-def _prepare_work(plan: steps.Plan) -> None:
+def _prepare_work(plan: Plan) -> None:
     marker = plan.work / "fingerprint.json"
     fingerprint = _fingerprint(plan)
     if plan.config["continue_preprocessing"] and marker.is_file():
@@ -46,16 +47,16 @@ def _missing(items, path_of) -> list:
     return [item for item in items if not path_of(item).exists()]
 
 
-def _merged(plan: steps.Plan, k: int):
+def _merged(plan: Plan, k: int):
     """Where split k is merged to before it is published."""
     return plan.work / "outputs" / plan.split_path(k).name
 
 
-def _merge(plan: steps.Plan, metadata: dict, k: int) -> None:
+def _merge(plan: Plan, metadata: dict, k: int) -> None:
     steps.merge(plan, metadata, k, _merged(plan, k))
 
 
-def _run_in_memory(plan: steps.Plan) -> dict:
+def _run_in_memory(plan: Plan) -> dict:
     """One part: keep its rows in memory from scan to windows and write the splits directly."""
     part = steps.scan(plan, 0, write_rows=False)
     metadata = steps.reduce(plan, plan.work / "metadata.json")
@@ -112,7 +113,7 @@ class _Runner:
 def run(config: dict, source: str = "preprocess config") -> dict:
     """Preprocess the table of `config` (a resolved preprocess config); returns the metadata."""
     started = time.perf_counter()
-    plan = steps.make_plan(config, source)
+    plan = make_plan(config, source)
     _prepare_work(plan)
     n_splits = len(config["split_ratios"])
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))

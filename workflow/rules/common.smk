@@ -1,7 +1,7 @@
 from snakemake.utils import validate
 
 from sequifier import config as stage_config
-from sequifier.preprocess_steps import make_plan
+from sequifier.preprocess_plan import make_plan
 
 
 validate(config, "../schemas/config.schema.yaml")
