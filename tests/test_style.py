@@ -1,0 +1,17 @@
+"""The code stays formatted and lint-free (ruff, configured in pyproject.toml)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from conftest import REPO
+
+RUFF = Path(sys.executable).parent / "ruff"
+PATHS = ["sequifier", "tests", "benchmarks"]
+
+
+def test_ruff_lint_and_format():
+    lint = subprocess.run([RUFF, "check", *PATHS], cwd=REPO, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout
+    form = subprocess.run([RUFF, "format", "--check", *PATHS], cwd=REPO, capture_output=True, text=True)
+    assert form.returncode == 0, form.stdout
