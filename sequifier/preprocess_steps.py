@@ -103,8 +103,7 @@ def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
             bounds, config["seq_length"], plan.strides, config["subsequence_start_mode"]
         )
     except UnevenStride as error:
-        sequence = part.sequence_ids()[error.sequence].as_py()
-        k = next(k for k, s in enumerate(plan.strides) if s == error.stride)
+        sequence, k = part.sequence_ids()[error.sequence].as_py(), error.split
         raise DataError(
             f"{plan.source}: subsequence_start_mode 'exact': in split {k} the windows of sequence "
             f"{sequence!r} can start over a span of {error.span} items, which stride_by_split[{k}] = "

@@ -57,7 +57,7 @@ def windows_of_split(bounds: np.ndarray, k: int, seq_length: int, stride: int, m
     if mode == "exact":
         uneven = np.flatnonzero(span % stride)
         if len(uneven):
-            raise UnevenStride(int(active[uneven[0]]), int(span[uneven[0]]), stride, len(uneven))
+            raise UnevenStride(k, int(active[uneven[0]]), int(span[uneven[0]]), stride, len(uneven))
         counts = span // stride + 1
     else:
         counts = -(-span // stride) + 1
@@ -82,9 +82,9 @@ def window_counts(bounds: np.ndarray, seq_length: int, strides, mode: str) -> li
 class UnevenStride(DataError):
     """subsequence_start_mode exact, but a segment's span is not a multiple of the stride."""
 
-    def __init__(self, sequence: int, span: int, stride: int, count: int):
-        self.sequence, self.span, self.stride, self.count = sequence, span, stride, count
-        super().__init__(f"stride {stride} does not divide span {span}")
+    def __init__(self, split: int, sequence: int, span: int, stride: int, count: int):
+        self.split, self.sequence, self.span, self.stride, self.count = split, sequence, span, stride, count
+        super().__init__(f"split {split}: stride {stride} does not divide span {span}")
 
 
 def slot_rows(seq_start: np.ndarray, windows: Windows, seq_length: int, padding_row: int) -> np.ndarray:
