@@ -130,7 +130,7 @@ def main(argv=None) -> None:
     except MemoryError as error:
         print(
             f"sequifier {args.command}: error: out of memory ({error}); give it more memory, or use "
-            "smaller parts (n_partitions) or fewer processes (n_cores)",
+            "smaller parts (n_partitions) or fewer processes (n_cores); continue_preprocessing: true resumes",
             file=sys.stderr,
         )
         sys.exit(2)

@@ -57,7 +57,10 @@ def load_precomputed_map(path: Path, column: str, dtype: str) -> dict:
                 f"{path}: value {key!r} has id {value!r}; ids must be integers from {FIRST_ID} up "
                 f"({PADDING_ID}, {OTHER_ID} and {MASK_ID} are reserved)"
             )
-        id_map[_parse_key(key, dtype, path)] = value
+        parsed = _parse_key(key, dtype, path)
+        if parsed in id_map:
+            raise DataError(f"{path}: keys {key!r} and another key are the same value {parsed!r}")
+        id_map[parsed] = value
     if len(set(id_map.values())) != len(id_map):
         raise DataError(f"{path}: two values share an id; every value needs its own id")
     return id_map

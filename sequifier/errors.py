@@ -11,3 +11,7 @@ class ConfigError(SequifierError):
 
 class DataError(SequifierError):
     """An input table (or a file derived from it) is invalid."""
+
+
+class ResourceError(SequifierError):
+    """The machine ran out of something (memory, a worker process); the work can be resumed."""

@@ -53,10 +53,9 @@ def part_of(hashes: np.ndarray, n_parts: int) -> np.ndarray:
     return (((hashes >> np.uint64(32)) * np.uint64(n_parts)) >> np.uint64(32)).astype(np.int64)
 
 
-def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> int:
-    """Route the rows of every batch to the Arrow IPC file of their part; returns the row count."""
+def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> None:
+    """Route the rows of every batch to the Arrow IPC file of their part."""
     writers = [ipc.new_file(path, schema) for path in paths]
-    rows = 0
     try:
         for table in batches:
             parts = part_of(sequence_hash(table.column(SEQUENCE)), n_parts)
@@ -65,11 +64,9 @@ def write_parts(batches, n_parts: int, schema: pa.Schema, paths: list[Path]) -> 
             for p in range(n_parts):
                 if bounds[p + 1] > bounds[p]:
                     writers[p].write_table(take(table, order[bounds[p] : bounds[p + 1]]))
-            rows += table.num_rows
     finally:
         for writer in writers:
             writer.close()
-    return rows
 
 
 def read_arrow(path: Path) -> pa.Table:

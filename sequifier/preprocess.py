@@ -12,10 +12,11 @@ import shutil
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 from sequifier import metadata as meta
 from sequifier import preprocess_steps as steps
-from sequifier.errors import ConfigError, SequifierError
+from sequifier.errors import ConfigError, DataError, ResourceError
 from sequifier.files import publish, read_json, write_json
 from sequifier.preprocess_plan import Plan, make_plan
 
@@ -23,8 +24,15 @@ logger = logging.getLogger(__name__)
 
 
 def _fingerprint(plan: Plan) -> dict:
+    """What the work folder was made from: config, input files, parts and precomputed id maps."""
     files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in plan.files]
-    return {"config": meta.recorded_config(plan.config), "files": files, "n_parts": plan.n_parts}
+    id_maps = {str(path): meta.content_hash([path]) for path in plan.id_map_paths()}
+    return {
+        "config": meta.recorded_config(plan.config),
+        "files": files,
+        "n_parts": plan.n_parts,
+        "id_maps": id_maps,
+    }
 
 
 def _prepare_work(plan: Plan) -> None:
@@ -100,9 +108,15 @@ class _Runner:
                 bar.update()
         else:
             futures = [self.pool.submit(function, *args, item) for item in items]
-            for future in futures:
-                future.result()
-                bar.update()
+            try:
+                for future in futures:
+                    future.result()
+                    bar.update()
+            except BrokenProcessPool:
+                raise ResourceError(
+                    f"a worker process died during {description} (killed, perhaps for lack of memory); "
+                    "rerun with continue_preprocessing: true, and with fewer n_cores or more n_partitions"
+                ) from None
         bar.close()
 
     def close(self) -> None:
@@ -129,7 +143,7 @@ def run(config: dict, source: str = "preprocess config") -> dict:
                 "windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata
             )
             runner.map("merge", _merge, _missing(range(n_splits), lambda k: _merged(plan, k)), plan, metadata)
-    except SequifierError:
+    except (ConfigError, DataError):  # bad input: nothing to resume
         runner.close()  # let running workers finish before their folder goes
         shutil.rmtree(plan.work, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from sequifier.encoding import load_precomputed_map
 from sequifier.errors import ConfigError
 from sequifier.table import Columns, input_files, resolve_columns
 
@@ -59,6 +60,11 @@ class Plan:
     def windows_path(self, p: int) -> Path:
         return self.work / "windows" / f"part-{p}"
 
+    def id_map_paths(self) -> list:
+        """The precomputed id maps the run reads."""
+        folder = self.root / self.config["id_maps_path"]
+        return [folder / f"{column}.json" for column in self.config["use_precomputed_maps"] or []]
+
     def split_path(self, k: int) -> Path:
         suffix = f".{self.config['write_format']}" if self.merged else ""
         return self.output / f"{self.name}-split{k}{suffix}"
@@ -98,14 +104,25 @@ def make_plan(config: dict, source: str = "preprocess config") -> Plan:
                 f"{source}: use_precomputed_maps: '{column}' is not a categorical feature column "
                 f"(categorical: {columns.categorical()})"
             )
+        load_precomputed_map(root / config["id_maps_path"] / f"{column}.json", column, columns.dtype(column))
+    if config["process_by_file"] and config["max_rows"] is not None:
+        raise ConfigError(
+            f"{source}: max_rows ({config['max_rows']}) cannot be combined with process_by_file: true "
+            "(files are read independently); set one of them to null/false"
+        )
     if config["process_by_file"]:
         n_parts = len(files)
     else:
         n_parts = config["n_partitions"] or _default_parts(files, read_format)
     name = data_path.stem if data_path.is_file() else data_path.name
     output = root / config["output_path"]
+    if data_path.is_dir() and output.resolve().is_relative_to(data_path.resolve()):
+        raise ConfigError(
+            f"{source}: output_path {output} lies in the input folder {data_path}, whose files are all read "
+            "as input; set output_path to another folder"
+        )
     metadata_path = root / (config["metadata_config_path"] or f"configs/metadata_configs/{name}.json")
-    work = root / config["work_path"] if config["work_path"] else output / f".{name}-work"
+    work = (root / config["work_path"] if config["work_path"] else output) / f".{name}-work"
     return Plan(
         config,
         source,

@@ -142,11 +142,8 @@ def _id_maps(plan: Plan, scans: list) -> dict:
         if column not in precomputed:
             id_maps[column] = encoding.build_id_map(values)
             continue
-        dtype = str(plan.columns.schema.field(column).type)
         path = plan.root / plan.config["id_maps_path"] / f"{column}.json"
-        id_maps[column] = encoding.load_precomputed_map(
-            path, column, "int64" if dtype == "int64" else "string"
-        )
+        id_maps[column] = encoding.load_precomputed_map(path, column, plan.columns.dtype(column))
         unseen = [v for v in values if v not in id_maps[column]]
         if unseen:
             logger.warning(

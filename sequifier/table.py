@@ -21,6 +21,7 @@ CSV_INFERENCE_BYTES = 4 << 20  # the first block of the first file fixes the col
 CSV_BLOCK_BYTES = 1 << 20  # the streaming CSV reader reads ahead many blocks: keep them small
 CSV_WHOLE_BYTES = 64 << 20  # smaller files are parsed at once, on all threads
 BATCH_ROWS = 1 << 20  # rows per table handed on, whatever the blocks
+FLOAT_EXACT_INTEGERS = 1 << 53
 
 
 @dataclass(frozen=True)
@@ -29,13 +30,18 @@ class Columns:
 
     features: tuple[str, ...]
     kinds: dict  # feature -> "categorical" | "real"
-    schema: pa.Schema  # sequenceId, itemPosition, features, as read
+    schema: pa.Schema  # sequenceId, itemPosition, features, as kept
+    csv_types: dict  # the types CSV text is parsed as (cast to `schema` afterwards, as Parquet is)
 
     def categorical(self) -> list[str]:
         return [c for c in self.features if self.kinds[c] == "categorical"]
 
     def real(self) -> list[str]:
         return [c for c in self.features if self.kinds[c] == "real"]
+
+    def dtype(self, column: str) -> str:
+        """How a categorical column's values are kept: int64 or string."""
+        return "int64" if pa.types.is_integer(self.schema.field(column).type) else "string"
 
     def part_schema(self) -> pa.Schema:
         """The schema of a part file: the input columns and where each row came from."""
@@ -86,7 +92,7 @@ def _short(error: Exception) -> str:
 
 
 def _feature_type(path: Path, name: str, dtype: pa.DataType, override: str | None):
-    """(kind, arrow type to read as) for one feature column."""
+    """(kind, arrow type the column is kept as) for one feature column."""
     if pa.types.is_dictionary(dtype):
         dtype = dtype.value_type
     numeric = pa.types.is_integer(dtype) or pa.types.is_floating(dtype)
@@ -118,6 +124,9 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
     for name in RESERVED:
         if name in names:
             raise DataError(f"{path}: column name '{name}' is reserved by sequifier; rename it")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise DataError(f"{path}: the header names column(s) {repeated} more than once; names must be unique")
     available = [n for n in names if n not in (SEQUENCE, POSITION)]
     if selected is None:
         features = available
@@ -137,6 +146,8 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
         raise DataError(f"column_types names {unknown}, which are not among the feature columns {features}")
 
     sequence_type = schema.field(SEQUENCE).type
+    if pa.types.is_dictionary(sequence_type):
+        sequence_type = sequence_type.value_type
     if pa.types.is_integer(sequence_type):
         sequence_type = pa.int64()
     elif pa.types.is_string(sequence_type) or pa.types.is_large_string(sequence_type):
@@ -152,12 +163,16 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
     ):
         raise DataError(f"{path}: {POSITION} has type {position_type}; expected integers")
     fields = [pa.field(SEQUENCE, sequence_type), pa.field(POSITION, pa.int64())]
-    kinds = {}
+    kinds, csv_types = {}, {SEQUENCE: sequence_type}
     for name in features:
-        kind, dtype = _feature_type(path, name, schema.field(name).type, overrides.get(name))
-        kinds[name] = kind
+        source = schema.field(name).type
+        kinds[name], dtype = _feature_type(path, name, source, overrides.get(name))
         fields.append(pa.field(name, dtype))
-    return Columns(tuple(features), kinds, pa.schema(fields))
+        cast_later = pa.types.is_string(dtype) and (
+            pa.types.is_floating(source) or pa.types.is_boolean(source)
+        )
+        csv_types[name] = source if cast_later else dtype
+    return Columns(tuple(features), kinds, pa.schema(fields), csv_types)
 
 
 def _count(n: int, noun: str) -> str:
@@ -168,27 +183,34 @@ def _where(path: Path, fmt: str, row: int) -> str:
     return f"{path} line {row + 2}" if fmt == "csv" else f"{path} row {row + 1}"
 
 
+def _bad_position(path, fmt, row: int, value) -> DataError:
+    return DataError(
+        f"{_where(path, fmt, row)}: {POSITION} is {value!r}; positions must be integers "
+        f"(of at most {FLOAT_EXACT_INTEGERS.bit_length() - 1} bits when written as floats)"
+    )
+
+
 def _check_positions(path, fmt, column: pa.Array, first_row: int) -> pa.Array:
-    if pa.types.is_integer(column.type):
-        return column.cast(pa.int64())
-    if not pa.types.is_floating(column.type):
-        text = column.cast(pa.string())
+    """Positions as int64; floats must be integral and exact, text must spell integers."""
+    if pa.types.is_floating(column.type):
+        values = column.to_numpy(zero_copy_only=False)
         bad = np.flatnonzero(
-            ~pc.match_substring_regex(text, r"^\s*[+-]?\d+\s*$").to_numpy(zero_copy_only=False)
+            ~np.isfinite(values) | (values != np.round(values)) | (np.abs(values) >= FLOAT_EXACT_INTEGERS)
         )
         if len(bad):
-            value = text[int(bad[0])].as_py()
-            where = _where(path, fmt, first_row + int(bad[0]))
-            raise DataError(f"{where}: {POSITION} is {value!r}; positions must be integers")
-        return pc.utf8_trim_whitespace(text).cast(pa.int64())
-    values = column.to_numpy(zero_copy_only=False)
-    bad = np.flatnonzero(~np.isfinite(values) | (values != np.round(values)))
-    if len(bad):
-        row = first_row + int(bad[0])
-        raise DataError(
-            f"{_where(path, fmt, row)}: {POSITION} is {values[bad[0]].item()!r}; positions must be integers"
-        )
-    return pa.array(values.astype(np.int64))
+            raise _bad_position(path, fmt, first_row + int(bad[0]), values[bad[0]].item())
+        return pa.array(values.astype(np.int64))
+    if not pa.types.is_integer(column.type):
+        column = pc.utf8_trim_whitespace(column.cast(pa.string()))
+        spelled = pc.match_substring_regex(column, r"^[+-]?\d+$").to_numpy(zero_copy_only=False)
+        bad = np.flatnonzero(~spelled)
+        if len(bad):
+            raise _bad_position(path, fmt, first_row + int(bad[0]), column[int(bad[0])].as_py())
+        column = pc.replace_substring_regex(column, r"^\+", "")
+    try:
+        return column.cast(pa.int64())
+    except pa.ArrowInvalid as error:  # beyond int64
+        raise DataError(f"{path}: {POSITION} does not fit in 64-bit integers: {_short(error)}") from None
 
 
 def _validate(path: Path, fmt: str, table: pa.Table, columns: Columns, first_row: int) -> pa.Table:
@@ -224,8 +246,7 @@ def _raw_batches(path: Path, fmt: str, columns: Columns):
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=names):
                 yield pa.Table.from_batches([batch])
         else:
-            types = {f.name: f.type for f in columns.schema if f.name != POSITION}
-            convert = pacsv.ConvertOptions(column_types=types, include_columns=names)
+            convert = pacsv.ConvertOptions(column_types=columns.csv_types, include_columns=names)
             if path.stat().st_size <= CSV_WHOLE_BYTES:
                 yield pacsv.read_csv(path, convert_options=convert)
                 return

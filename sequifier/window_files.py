@@ -6,8 +6,8 @@ same windows as one tensor per column, [windows, W + 1].
 """
 
 from pathlib import Path
-from queue import Queue
-from threading import Thread
+from queue import Full, Queue
+from threading import Event, Thread
 
 import numpy as np
 import pyarrow as pa
@@ -101,21 +101,34 @@ def read_ipc(path: Path):
 def prefetched(tables, depth: int = 2):
     """Iterate `tables` while a background thread makes the next ones (Arrow and numpy release
     the GIL, so making windows overlaps encoding and writing them)."""
-    queue, done = Queue(maxsize=depth), object()
+    queue, done, stopped = Queue(maxsize=depth), object(), Event()
+
+    def put(item) -> bool:
+        while not stopped.is_set():
+            try:
+                queue.put(item, timeout=0.1)
+                return True
+            except Full:
+                continue
+        return False
 
     def produce():
         try:
             for table in tables:
-                queue.put(table)
+                if not put(table):
+                    return
         except BaseException as error:  # handed to the consumer, raised there
-            queue.put(error)
-        queue.put(done)
+            put(error)
+        put(done)
 
     Thread(target=produce, daemon=True).start()
-    while (item := queue.get()) is not done:
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+    try:
+        while (item := queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stopped.set()  # a consumer that stops early releases the producer
 
 
 def rechunk(tables, rows: int):

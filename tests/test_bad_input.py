@@ -244,6 +244,65 @@ CASES = [
         raw_config="data_path: data/t.csv\n- seq_length\n",
     ),
     case("config-missing", ["configs/nope.yaml", "config file not found"], config_path="configs/nope.yaml"),
+    # --- found by a second read: positions out of range, names twice, paths that collide
+    case(
+        "position-text-not-an-integer",
+        ["data/t.parquet row 2", "itemPosition is '1e3'", "positions must be integers"],
+        files={
+            "data/t.parquet": pa.table({"sequenceId": [1, 1], "itemPosition": ["0", "1e3"], "a": ["u", "v"]})
+        },
+        config={"data_path": "data/t.parquet"},
+    ),
+    case(
+        "position-float-beyond-int64",
+        [BAD_ROW, "itemPosition is 1e+20", "53 bits"],
+        files={"data/t.csv": csv(*rows(), "2,99999999999999999999,u,0.5")},
+    ),
+    case(
+        "position-uint64-beyond-int64",
+        ["data/t.parquet", "itemPosition does not fit in 64-bit integers"],
+        files={
+            "data/t.parquet": pa.table(
+                {
+                    "sequenceId": pa.array([1, 1], pa.int64()),
+                    "itemPosition": pa.array([1, 2**63 + 5], pa.uint64()),
+                    "a": ["u", "v"],
+                }
+            )
+        },
+        config={"data_path": "data/t.parquet"},
+    ),
+    case(
+        "duplicate-header",
+        ["data/t.csv", "names column(s) ['a'] more than once"],
+        files={"data/t.csv": csv("1,0,u,v", "1,1,u,v", header="sequenceId,itemPosition,a,a")},
+    ),
+    case(
+        "duplicate-selected-columns",
+        [CONFIG, "selected_columns", "has non-unique elements"],
+        config={"selected_columns": ["a", "a"]},
+    ),
+    case(
+        "max-rows-with-process-by-file",
+        [CONFIG, "max_rows (5) cannot be combined with process_by_file"],
+        files={"data/d/f1.csv": GOOD},
+        config={**FOLDER, "process_by_file": True, "max_rows": 5},
+    ),
+    case(
+        "output-inside-input-folder",
+        [CONFIG, "output_path data/d lies in the input folder data/d"],
+        files={"data/d/f1.csv": GOOD},
+        config={**FOLDER, "output_path": "data/d"},
+    ),
+    case(
+        "precomputed-keys-that-are-one-value",
+        ["configs/id_maps/n.json", "keys '0100' and another key are the same value 100"],
+        files={
+            "data/t.csv": csv("1,0,100", "1,1,101", "1,2,100", header="sequenceId,itemPosition,n"),
+            "configs/id_maps/n.json": '{"100": 3, "0100": 4}',
+        },
+        config={"use_precomputed_maps": ["n"]},
+    ),
 ]
 
 

@@ -126,12 +126,23 @@ def _output_bytes(project, name="table"):
     return {p.relative_to(project.root).as_posix(): p.read_bytes() for p in files if p.is_file()}
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "pt"])
-def test_outputs_do_not_depend_on_cores_or_parts(project, fmt):
-    project.write_data(sequences_table(n_sequences=80))
-    project.preprocess(write_format=fmt, n_cores=1, n_partitions=1, batches_per_file=50)
+@pytest.mark.parametrize(
+    "fmt, method, string_ids",
+    [
+        ("parquet", "within_sequence", False),
+        ("pt", "between_sequence", False),
+        ("csv", "between_sequence", True),
+    ],
+)
+def test_outputs_do_not_depend_on_cores_or_parts(project, fmt, method, string_ids):
+    table = sequences_table(n_sequences=80)
+    if string_ids:
+        table["sequenceId"] = "séquence-" + table.sequenceId.astype(str)
+    project.write_data(table)
+    options = {"write_format": fmt, "split_method": method, "batches_per_file": 50}
+    project.preprocess(n_cores=1, n_partitions=1, **options)
     reference, metadata = _output_bytes(project), project.metadata()
-    project.preprocess(write_format=fmt, n_cores=2, n_partitions=7, batches_per_file=50)
+    project.preprocess(n_cores=2, n_partitions=7, **options)
     assert _output_bytes(project) == reference
     assert project.metadata() == metadata
 
@@ -214,13 +225,15 @@ def test_continue_preprocessing_skips_finished_parts(project, monkeypatch):
     project.write_data(sequences_table(n_sequences=60))
     project.preprocess(n_partitions=3)
     reference = _output_bytes(project)
-    values = project.config(n_partitions=3, continue_preprocessing=True)
-    config = stage_config.resolve("preprocess", values, "test")
-    original = preprocess_steps.windows
+    config = stage_config.resolve(
+        "preprocess", project.config(n_partitions=3, continue_preprocessing=True), "test"
+    )
+    original, made = preprocess_steps.windows, []
 
     def interrupted(plan, metadata, p):
         if p == 2:
             raise KeyboardInterrupt
+        made.append(p)
         original(plan, metadata, p)
 
     monkeypatch.setattr(preprocess_steps, "windows", interrupted)
@@ -228,12 +241,55 @@ def test_continue_preprocessing_skips_finished_parts(project, monkeypatch):
         preprocess.run(config)
     work = project.root / "data" / ".table-work"
     assert (work / "windows" / "part-1").is_dir() and not (work / "windows" / "part-2").exists()
-    scanned = []
-    monkeypatch.setattr(preprocess_steps, "windows", original)
-    monkeypatch.setattr(preprocess_steps, "scan", lambda plan, p: scanned.append(p))
+    made.clear()
+    monkeypatch.setattr(
+        preprocess_steps, "windows", lambda plan, metadata, p: [made.append(p), original(plan, metadata, p)]
+    )
+    monkeypatch.setattr(preprocess_steps, "scan", lambda plan, p: pytest.fail("scan ran again"))
     preprocess.run(config)
-    assert scanned == [] and not work.exists()
-    assert _output_bytes(project) == reference
+    assert made == [2], "only the unfinished part is cut into windows"
+    assert not work.exists() and _output_bytes(project) == reference
+
+
+def test_continue_refuses_a_work_folder_of_other_inputs(project, monkeypatch):
+    from sequifier import config as stage_config
+    from sequifier import preprocess, preprocess_steps
+    from sequifier.errors import ConfigError
+
+    project.write_data(sequences_table(n_sequences=30))
+    maps = project.root / "configs" / "id_maps"
+    maps.mkdir(parents=True)
+    (maps / "item.json").write_text(json.dumps({"v0": 10, "v1": 11}))
+    values = project.config(n_partitions=2, continue_preprocessing=True, use_precomputed_maps=["item"])
+    config = stage_config.resolve("preprocess", values, "test")
+
+    def interrupted(plan, metadata, p):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(preprocess_steps, "windows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        preprocess.run(config)
+    (maps / "item.json").write_text(json.dumps({"v0": 20, "v1": 21}))
+    with pytest.raises(ConfigError, match="was made from another config or input"):
+        preprocess.run(config)
+
+
+def test_a_work_path_that_holds_other_files_is_left_alone(project):
+    project.write_data(sequences_table())
+    project.preprocess(work_path="data")
+    assert (project.root / "data" / "table.csv").is_file()
+    assert not (project.root / "data" / ".table-work").exists()
+
+
+def test_categorical_floats_read_the_same_from_csv_and_parquet(project):
+    table = pd.DataFrame(
+        {"sequenceId": [1] * 6, "itemPosition": range(6), "level": [1.0, 2.5, 1.0, 2.5, 3.0, 1.0]}
+    )
+    project.write_data(table, "t.csv")
+    project.write_data(table, "t.parquet")
+    from_csv = project.preprocess(data_path="data/t.csv", column_types={"level": "categorical"})
+    from_parquet = project.preprocess(data_path="data/t.parquet", column_types={"level": "categorical"})
+    assert from_csv["id_maps"] == from_parquet["id_maps"] == {"level": {"1": 3, "2.5": 4, "3": 5}}
 
 
 def test_streamed_csv_reading_gives_the_same_windows(project, monkeypatch):
@@ -250,3 +306,28 @@ def test_streamed_csv_reading_gives_the_same_windows(project, monkeypatch):
     monkeypatch.setattr(input_table, "BATCH_ROWS", 300)
     project.preprocess(n_partitions=3)
     assert _output_bytes(project) == reference
+
+
+def test_positions_written_as_text_or_integral_floats(project):
+    rows = {"sequenceId": [1] * 6, "item": list("abcabc")}
+    project.write_data(pd.DataFrame({**rows, "itemPosition": ["0", "+1", " 2 ", "3", "4", "5"]}), "t.parquet")
+    from_text = project.preprocess(data_path="data/t.parquet", split_ratios=[1.0])
+    windows = pd.read_parquet(project.root / "data" / "t-split0.parquet")
+    project.write_data(pd.DataFrame({**rows, "itemPosition": [0.0, 1, 2, 3, 4, 5]}), "t.parquet")
+    from_floats = project.preprocess(data_path="data/t.parquet", split_ratios=[1.0])
+    assert from_text["n_windows"] == from_floats["n_windows"] == {"train": 2}
+    pd.testing.assert_frame_equal(windows, pd.read_parquet(project.root / "data" / "t-split0.parquet"))
+
+
+def test_a_worker_that_dies_is_a_clear_error():
+    import os
+
+    from sequifier.errors import ResourceError
+    from sequifier.preprocess import _Runner
+
+    runner = _Runner(2)
+    try:
+        with pytest.raises(ResourceError, match="a worker process died during scan"):
+            runner.map("scan", os._exit, [3])
+    finally:
+        runner.close()

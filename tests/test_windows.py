@@ -97,3 +97,27 @@ def test_slots_keep_sequences_apart():
         [103, 104, 105, 106],
         [106, 107, 108, 109],
     ]
+
+
+def test_prefetched_keeps_order_raises_and_lets_go():
+    import threading
+    import time
+
+    from sequifier.window_files import prefetched
+
+    assert list(prefetched(iter(range(10)))) == list(range(10))
+
+    def failing():
+        yield 1
+        raise ValueError("broken producer")
+
+    with pytest.raises(ValueError, match="broken producer"):
+        list(prefetched(failing()))
+    before = threading.active_count()
+    stream = prefetched(iter(range(1000)), depth=1)
+    next(stream)
+    stream.close()  # the consumer stops early: the producer thread must end too
+    deadline = time.time() + 2
+    while threading.active_count() > before - 1 and time.time() < deadline:
+        time.sleep(0.02)
+    assert threading.active_count() <= before - 1

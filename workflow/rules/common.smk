@@ -50,6 +50,16 @@ def preprocess_outputs():
     return [f"{RESULTS}/metadata.json", *(str(PREPROCESS_PLAN.split_path(k)) for k in SPLITS)]
 
 
+def input_files():
+    """The files of the input table (a folder is tracked by its files, not its own time stamp)."""
+    return [str(path) for path in PREPROCESS_PLAN.files]
+
+
+def id_map_files():
+    """Precomputed id maps the metadata depends on."""
+    return [str(path) for path in PREPROCESS_PLAN.id_map_paths()]
+
+
 def part_path(kind):
     """A per-part file of the preprocess work folder, with the {part} wildcard."""
     return str(getattr(PREPROCESS_PLAN, kind)("{part}"))

@@ -4,7 +4,7 @@
 
 rule partition:
     input:
-        data=config["data"],
+        data=input_files(),
         config=config["preprocess"],
     output:
         temp(directory(parts_folder())),
@@ -39,7 +39,8 @@ rule scan:
 
 rule metadata:
     input:
-        data=config["data"],
+        data=input_files(),
+        id_maps=id_map_files(),
         config=config["preprocess"],
         summaries=all_parts("scan_path"),
         sequences=all_parts("sequences_path"),
