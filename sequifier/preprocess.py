@@ -11,7 +11,7 @@ import os
 import shutil
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from sequifier import metadata as meta
@@ -65,12 +65,24 @@ def _merge(plan: Plan, metadata: dict, k: int) -> None:
 
 
 def _run_in_memory(plan: Plan) -> dict:
-    """One part: keep its rows in memory from scan to windows and write the splits directly."""
-    part = steps.scan(plan, 0, write_rows=False)
-    metadata = steps.reduce(plan, plan.work / "metadata.json")
-    encoded = steps.encode_part(plan, metadata, part)
-    for k in range(len(plan.strides)):
-        steps.write_split(plan, metadata, steps.split_tables(plan, encoded, k), _merged(plan, k))
+    """One part: keep its rows in memory from scan to windows and write the splits directly.
+
+    The input's hash and the splits' files are made in threads (hashing, Arrow and numpy
+    release the GIL), so this uses the machine's cores even without a process pool.
+    """
+    with ThreadPoolExecutor(len(plan.strides)) as threads:
+        input_hash = threads.submit(meta.content_hash, list(plan.files))
+        part = steps.scan(plan, 0, write_rows=False)
+        metadata = steps.reduce(plan, plan.work / "metadata.json", input_hash.result())
+        encoded = steps.encode_part(plan, metadata, part)
+        splits = [
+            threads.submit(
+                steps.write_split, plan, metadata, steps.split_tables(plan, encoded, k), _merged(plan, k)
+            )
+            for k in range(len(plan.strides))
+        ]
+        for split in splits:
+            split.result()
     return metadata
 
 

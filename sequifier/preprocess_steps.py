@@ -185,8 +185,9 @@ def _check_sequences_unique(plan: Plan, sequences: pa.Table, part_sizes: list) -
         )
 
 
-def reduce(plan: Plan, metadata_path: Path) -> dict:
-    """Merge the scans into id maps and statistics; write the metadata."""
+def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> dict:
+    """Merge the scans into id maps and statistics; write the metadata (hashing the input unless
+    its hash is given)."""
     config = plan.config
     scans = [read_json(plan.scan_path(p)) for p in range(plan.n_parts)]
     sequences = pa.concat_tables(pq.read_table(plan.sequences_path(p)) for p in range(plan.n_parts))
@@ -201,7 +202,7 @@ def reduce(plan: Plan, metadata_path: Path) -> dict:
         "format": meta.FORMAT,
         "sequifier_version": __version__,
         "data_path": config["data_path"],
-        "input_hash": meta.content_hash(list(plan.files)),
+        "input_hash": input_hash or meta.content_hash(list(plan.files)),
         "columns": list(plan.columns.features),
         "column_types": dict(plan.columns.kinds),
         "column_dtypes": {c: str(plan.columns.schema.field(c).type) for c in plan.columns.features},
