@@ -258,8 +258,8 @@ def _raw_batches(path: Path, fmt: str, columns: Columns):
         hint = ""
         if "conversion error" in str(error):
             hint = (
-                "; column types are taken from the first rows of the first file: "
-                "set column_types for this column, or fix the value"
+                "; a column's type comes from column_types, else from the first rows of the first "
+                "file: fix the value, or set (or change) column_types for this column"
             )
         raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}{hint}") from None
 
