@@ -71,19 +71,17 @@ def window_table(
     return pa.table(arrays, names=[SEQUENCE, SUBSEQUENCE, START, INPUT_COLUMN, *value_columns(seq_length)])
 
 
-def write_ipc(path: Path, tables) -> int:
-    """Write tables to an Arrow IPC file (the fast intermediate format); returns rows written."""
-    rows, writer = 0, None
+def write_ipc(path: Path, tables) -> None:
+    """Write tables to an Arrow IPC file (the fast intermediate format)."""
+    writer = None
     try:
         for table in tables:
             if writer is None:
                 writer = ipc.new_file(path, table.schema)
             writer.write_table(table)
-            rows += table.num_rows
     finally:
         if writer is not None:
             writer.close()
-    return rows
 
 
 def read_ipc(path: Path):

@@ -101,7 +101,6 @@ def test_slots_keep_sequences_apart():
 
 def test_prefetched_keeps_order_raises_and_lets_go():
     import threading
-    import time
 
     from sequifier.window_files import prefetched
 
@@ -113,11 +112,12 @@ def test_prefetched_keeps_order_raises_and_lets_go():
 
     with pytest.raises(ValueError, match="broken producer"):
         list(prefetched(failing()))
-    before = threading.active_count()
+    before = set(threading.enumerate())
     stream = prefetched(iter(range(1000)), depth=1)
     next(stream)
+    producers = set(threading.enumerate()) - before
+    assert producers, "the producer runs in a thread of its own"
     stream.close()  # the consumer stops early: the producer thread must end too
-    deadline = time.time() + 2
-    while threading.active_count() > before - 1 and time.time() < deadline:
-        time.sleep(0.02)
-    assert threading.active_count() <= before - 1
+    for thread in producers:
+        thread.join(timeout=2)
+    assert not any(thread.is_alive() for thread in producers)
