@@ -9,7 +9,7 @@ import logging
 import random
 import sys
 
-PUBLIC_COMMANDS = "{make,preprocess}"
+PUBLIC_COMMANDS = "{make,preprocess,train}"
 
 
 def _none_or_list(values):
@@ -36,10 +36,31 @@ def _add_preprocess_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-partitions", type=int, help="parts the table is split into")
 
 
+def _add_train_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-path", default="configs/train.yaml", help="train config (YAML)")
+    parser.add_argument("--project-root", help="folder the config's paths are relative to")
+    parser.add_argument(
+        "--data-path", "-dp", help="training windows, a file or a folder (overrides training_data_path)"
+    )
+    parser.add_argument("--validation-data-path", help="validation windows (overrides validation_data_path)")
+    parser.add_argument("--input-columns", "-ic", nargs="+", help="columns the model reads; None reads all")
+    parser.add_argument("--metadata-config-path", "-mc", help="metadata written by preprocess")
+    parser.add_argument("--model-name", "-mn", help="name in the files written")
+    parser.add_argument("--seed", "-s", type=int, help="seed of initialization, data order and dropout")
+    parser.add_argument("--randomize", "-r", action="store_true", help="use a random seed")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override any config key by its dotted path, the value read as YAML (repeatable)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sequifier",
-        description="Train causal transformers on tables of sequences: make a project, preprocess its data.",
+        description="Train causal transformers on tables of sequences: make, preprocess, train.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar=PUBLIC_COMMANDS)
 
@@ -48,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     preprocess = commands.add_parser("preprocess", help="turn a table of sequences into training windows")
     _add_preprocess_flags(preprocess)
+
+    train = commands.add_parser("train", help="train a model on preprocessed windows (torchrun for DDP)")
+    _add_train_flags(train)
 
     step = commands.add_parser("preprocess-step")  # one step of preprocess, for the workflow
     step.add_argument("step", choices=["partition", "scan", "reduce", "windows", "merge"])
@@ -73,6 +97,34 @@ def _preprocess_overrides(args) -> dict:
             overrides[key] = getattr(args, flag)
     if args.selected_columns is not None:
         overrides["selected_columns"] = _none_or_list(args.selected_columns)
+    if args.randomize:
+        overrides["seed"] = random.randrange(2**31)
+    return overrides
+
+
+def _train_overrides(args) -> dict:
+    import yaml
+
+    from sequifier.errors import ConfigError
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training_spec.epochs=5")
+        overrides[key] = yaml.safe_load(value)
+    for flag, key in [
+        ("project_root", "project_root"),
+        ("data_path", "training_data_path"),
+        ("validation_data_path", "validation_data_path"),
+        ("metadata_config_path", "metadata_config_path"),
+        ("model_name", "model_name"),
+        ("seed", "seed"),
+    ]:
+        if getattr(args, flag) is not None:
+            overrides[key] = getattr(args, flag)
+    if args.input_columns is not None:
+        overrides["input_columns"] = _none_or_list(args.input_columns)
     if args.randomize:
         overrides["seed"] = random.randrange(2**31)
     return overrides
@@ -108,6 +160,11 @@ def _dispatch(args) -> None:
         return
     from sequifier import config
 
+    if args.command == "train":
+        from sequifier.train import run
+
+        run(config.load("train", args.config_path, _train_overrides(args)), args.config_path)
+        return
     loaded = config.load("preprocess", args.config_path, _preprocess_overrides(args))
     if args.command == "preprocess":
         from sequifier.preprocess import run

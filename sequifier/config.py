@@ -14,7 +14,7 @@ import yaml
 from sequifier.errors import ConfigError
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
-STAGES = ("preprocess",)
+STAGES = ("preprocess", "train")
 
 
 @lru_cache(maxsize=None)

@@ -78,6 +78,18 @@ def _default_parts(files: list, read_format: str) -> int:
     return max(1, math.ceil(sum(f.stat().st_size for f in files) / CSV_BYTES_PER_PART))
 
 
+def input_name(data_path: Path) -> str:
+    """The name in the outputs' file names: the input file's stem or the input folder's name."""
+    return data_path.stem if data_path.is_file() else data_path.name
+
+
+def metadata_path_of(config: dict) -> Path:
+    """Where a preprocess config writes its metadata."""
+    root = Path(config["project_root"])
+    name = input_name(root / config["data_path"])
+    return root / (config["metadata_config_path"] or f"configs/metadata_configs/{name}.json")
+
+
 def make_plan(config: dict, source: str = "preprocess config") -> Plan:
     """Check what the schema cannot and read the input's header."""
     ratios, fmt = config["split_ratios"], config["write_format"]
@@ -114,14 +126,14 @@ def make_plan(config: dict, source: str = "preprocess config") -> Plan:
         n_parts = len(files)
     else:
         n_parts = config["n_partitions"] or _default_parts(files, read_format)
-    name = data_path.stem if data_path.is_file() else data_path.name
+    name = input_name(data_path)
     output = root / config["output_path"]
     if data_path.is_dir() and output.resolve().is_relative_to(data_path.resolve()):
         raise ConfigError(
             f"{source}: output_path {output} lies in the input folder {data_path}, whose files are all read "
             "as input; set output_path to another folder"
         )
-    metadata_path = root / (config["metadata_config_path"] or f"configs/metadata_configs/{name}.json")
+    metadata_path = metadata_path_of(config)
     work = (root / config["work_path"] if config["work_path"] else output) / f".{name}-work"
     return Plan(
         config,

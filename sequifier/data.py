@@ -1,0 +1,268 @@
+"""Windows for training: read from the files preprocess wrote, held in memory or streamed.
+
+A batch is a dict of one tensor per column, [windows, seq_length + 1] (categorical ids as
+int32, real values as float32), plus `n_pad`, the number of leading padding slots of each
+window. In memory, batches are slices of contiguous tensors taken by index; streamed, windows
+pass through a bounded shuffle buffer, one file (or row group) at a time. Under DDP each rank
+takes its own share of every epoch's windows, and every rank gets the same number of batches.
+"""
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import torch
+
+from sequifier.errors import DataError
+from sequifier.window_files import INPUT_COLUMN, prefetched, rechunk, value_columns
+
+log = logging.getLogger(__name__)
+CHUNK_WINDOWS = 8192
+PAD = "n_pad"
+
+
+@dataclass(frozen=True)
+class WindowSource:
+    """Where windows are and how to read them: every stored column (metadata order) and the ones kept."""
+
+    path: Path
+    fmt: str
+    columns: tuple
+    kinds: dict
+    n_classes: dict
+    keep: tuple
+    seq_length: int
+
+    def files(self) -> list:
+        if self.path.is_dir():
+            files = sorted(p for p in self.path.iterdir() if p.suffix == f".{self.fmt}" and p.is_file())
+            if not files:
+                raise DataError(f"{self.path}: no .{self.fmt} files in this folder of windows")
+            return files
+        if not self.path.is_file():
+            raise DataError(f"{self.path}: windows not found; run `sequifier preprocess` first")
+        return [self.path]
+
+
+def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table) -> dict:
+    """A wide table (rows window-major, column-minor) -> {column: [windows, S + 1]} and n_pad."""
+    n_columns = len(source.columns)
+    if table.num_rows % n_columns:
+        raise DataError(f"{file}: {table.num_rows} rows are not whole windows of {n_columns} columns")
+    if table.num_rows:
+        head = table.column(INPUT_COLUMN).slice(0, n_columns).cast(pa.string()).to_pylist()
+        if head != list(source.columns):
+            raise DataError(
+                f"{file}: windows hold the columns {head}, but the metadata lists {list(source.columns)}; "
+                "the metadata file does not match the data"
+            )
+    values = np.stack(
+        [table.column(name).to_numpy().astype(np.float64) for name in value_columns(source.seq_length)],
+        axis=1,
+    )
+    blocks = {name: values[c::n_columns] for c, name in enumerate(source.columns)}
+    return _finish_chunk(source, file, blocks)
+
+
+def _finish_chunk(source: WindowSource, file: Path, blocks: dict) -> dict:
+    """Check ids, find the padding, keep the needed columns in their training dtypes."""
+    padding = np.logical_and.reduce([np.asarray(block) == 0 for block in blocks.values()])
+    n_pad = np.where(padding.all(axis=1), padding.shape[1], padding.argmin(axis=1))
+    chunk = {PAD: torch.from_numpy(n_pad.astype(np.int16))}
+    for name in source.keep:
+        block = np.asarray(blocks[name])
+        if source.kinds[name] == "categorical":
+            if block.size and (block.min() < 0 or block.max() >= source.n_classes[name]):
+                raise DataError(
+                    f"{file}: column '{name}' holds ids from {block.min():g} to {block.max():g}, but the "
+                    f"metadata has {source.n_classes[name]} classes; the metadata does not match the data"
+                )
+            chunk[name] = torch.from_numpy(np.ascontiguousarray(block, dtype=np.int32))
+        else:
+            chunk[name] = torch.from_numpy(np.ascontiguousarray(block, dtype=np.float32))
+    return chunk
+
+
+def _value_names_check(source: WindowSource, file: Path, names: list) -> None:
+    needed = value_columns(source.seq_length)
+    missing = [n for n in needed if n not in names]
+    if missing or INPUT_COLUMN not in names:
+        raise DataError(
+            f"{file}: not a window file of seq_length >= {source.seq_length} (missing columns "
+            f"{(missing or [INPUT_COLUMN])[:3]}...); the metadata file does not match the data"
+        )
+
+
+def read_chunks(source: WindowSource, file: Path):
+    """Yield the windows of one file in chunks of about CHUNK_WINDOWS."""
+    rows = CHUNK_WINDOWS * len(source.columns)
+    try:
+        if source.fmt == "parquet":
+            handle = pq.ParquetFile(file)
+            _value_names_check(source, file, handle.schema_arrow.names)
+            names = [INPUT_COLUMN, *value_columns(source.seq_length)]
+            for batch in handle.iter_batches(batch_size=rows, columns=names):
+                yield _numpy_chunk(source, file, pa.Table.from_batches([batch]))
+        elif source.fmt == "csv":
+            reader = pacsv.open_csv(file, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+            _value_names_check(source, file, reader.schema.names)
+            tables = (pa.Table.from_batches([batch]) for batch in reader)
+            for table in rechunk(tables, rows):
+                yield _numpy_chunk(source, file, table)
+        else:
+            yield _pt_chunk(source, file)
+    except (pa.ArrowInvalid, OSError, RuntimeError) as error:
+        raise DataError(f"{file}: cannot read windows: {error}") from None
+
+
+def _pt_chunk(source: WindowSource, file: Path) -> dict:
+    shard = torch.load(file, weights_only=True)
+    if not isinstance(shard, dict) or list(shard.get("columns", [])) != list(source.columns):
+        found = shard.get("columns") if isinstance(shard, dict) else type(shard).__name__
+        raise DataError(
+            f"{file}: windows hold the columns {found}, but the metadata lists {list(source.columns)}; "
+            "the metadata file does not match the data"
+        )
+    width = next(iter(shard["values"].values())).shape[1]
+    if width < source.seq_length + 1:
+        raise DataError(
+            f"{file}: windows of {width} items are shorter than seq_length + 1 ({source.seq_length + 1})"
+        )
+    blocks = {name: shard["values"][name][:, -(source.seq_length + 1) :].numpy() for name in source.columns}
+    return _finish_chunk(source, file, blocks)
+
+
+def count_windows(source: WindowSource) -> int:
+    total = 0
+    for file in source.files():
+        if source.fmt == "parquet":
+            total += pq.ParquetFile(file).metadata.num_rows // len(source.columns)
+        else:
+            total += sum(len(chunk[PAD]) for chunk in read_chunks(source, file))
+    return total
+
+
+def epoch_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 1009 + rank)
+
+
+class InMemoryWindows:
+    """All windows as contiguous tensors; batches are taken by index."""
+
+    def __init__(self, source: WindowSource):
+        chunks = [chunk for file in source.files() for chunk in read_chunks(source, file)]
+        if not chunks:
+            raise DataError(f"{source.path}: holds no windows")
+        self.tensors = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
+        self.size = len(self.tensors[PAD])
+        if self.size == 0:
+            raise DataError(f"{source.path}: holds no windows")
+
+    def __len__(self) -> int:
+        return self.size
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank=0, world=1, skip=0
+    ):
+        if shuffle:
+            order = torch.randperm(self.size, generator=epoch_generator(seed, epoch))
+            order = order[rank::world][: self.size // world]
+        else:
+            order = torch.arange(rank, self.size, world)
+        for start in range(skip * batch_size, len(order), batch_size):
+            index = order[start : start + batch_size]
+            yield {key: tensor[index] for key, tensor in self.tensors.items()}
+
+
+class StreamedWindows:
+    """Windows read file by file through a shuffle buffer of `buffer_size` windows: memory holds
+    the buffer and the chunks being read, whatever the size of the data."""
+
+    def __init__(self, source: WindowSource, buffer_size: int, readahead: int = 0):
+        self.source, self.buffer_size, self.readahead = source, buffer_size, readahead
+        self.files = source.files()
+        self._size = None
+
+    def __len__(self) -> int:
+        if self._size is None:
+            self._size = count_windows(self.source)
+        return self._size
+
+    def _chunks(self, order):
+        chunks = (chunk for i in order for chunk in read_chunks(self.source, self.files[i]))
+        return prefetched(chunks, self.readahead) if self.readahead else chunks
+
+    def batches(
+        self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank=0, world=1, skip=0
+    ):
+        generator = epoch_generator(seed, epoch, rank)
+        order = (
+            torch.randperm(len(self.files), generator=epoch_generator(seed, epoch))
+            if shuffle
+            else range(len(self.files))
+        )
+        quota = len(self) // world if shuffle and world > 1 else None
+        windows = self._shuffled(self._rank_share(self._chunks(order), rank, world), shuffle, generator)
+        taken = 0
+        for batch in _batched(windows, batch_size):
+            if quota is not None:
+                batch = {k: v[: quota - taken] for k, v in batch.items()}
+                if len(batch[PAD]) == 0:
+                    return
+            taken += len(batch[PAD])
+            if skip:
+                skip -= 1
+                continue
+            yield batch
+
+    @staticmethod
+    def _rank_share(chunks, rank: int, world: int):
+        offset = 0
+        for chunk in chunks:
+            n = len(chunk[PAD])
+            if world > 1:
+                chunk = {k: v[(rank - offset) % world :: world] for k, v in chunk.items()}
+            offset += n
+            yield chunk
+
+    def _shuffled(self, chunks, shuffle: bool, generator: torch.Generator):
+        """Chunks in, chunks out; with shuffle, windows leave the buffer in random order."""
+        if not shuffle:
+            yield from chunks
+            return
+        buffer = None
+        for chunk in chunks:
+            buffer = chunk if buffer is None else {k: torch.cat([buffer[k], chunk[k]]) for k in chunk}
+            excess = len(buffer[PAD]) - self.buffer_size
+            if excess > 0:
+                order = torch.randperm(len(buffer[PAD]), generator=generator)
+                out, keep = order[:excess], order[excess:]
+                yield {k: v[out] for k, v in buffer.items()}
+                buffer = {k: v[keep] for k, v in buffer.items()}
+        if buffer is not None:
+            order = torch.randperm(len(buffer[PAD]), generator=generator)
+            yield {k: v[order] for k, v in buffer.items()}
+
+
+def _batched(chunks, batch_size: int):
+    """Re-cut a stream of chunks into batches of batch_size windows (the last may be smaller)."""
+    pending, count = [], 0
+    for chunk in chunks:
+        while len(chunk[PAD]):
+            take = min(batch_size - count, len(chunk[PAD]))
+            pending.append({k: v[:take] for k, v in chunk.items()})
+            chunk = {k: v[take:] for k, v in chunk.items()}
+            count += take
+            if count == batch_size:
+                yield {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
+                pending, count = [], 0
+    if count:
+        yield {k: torch.cat([p[k] for p in pending]) for k in pending[0]}
+
+
+def open_windows(source: WindowSource, in_memory: bool, buffer_size: int, readahead: int):
+    return InMemoryWindows(source) if in_memory else StreamedWindows(source, buffer_size, readahead)

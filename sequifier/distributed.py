@@ -1,0 +1,82 @@
+"""One DDP launch path: `torchrun --nproc_per_node=N -m sequifier train ...`.
+
+torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them training runs in one process.
+nccl on cuda, gloo on cpu. Only rank 0 logs, checkpoints and exports.
+"""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from sequifier.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Process:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def _device(name: str, local_rank: int, source: str) -> torch.device:
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ConfigError(
+                f"{source}: training_spec.device: '{name}', but torch finds no CUDA GPU on this machine "
+                f"(torch {torch.__version__}); set training_spec.device: cpu"
+            )
+        index = local_rank if ":" not in name else int(name.split(":")[1])
+        if index >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{source}: training_spec.device: '{name}', but there are {torch.cuda.device_count()} GPUs"
+            )
+        return torch.device("cuda", index)
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"{source}: training_spec.device: 'mps', but MPS is not available here; set device: cpu"
+        )
+    return torch.device(name)
+
+
+def start(device: str, source: str) -> Process:
+    """Join the process group when launched by torchrun; pick this process's device."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    chosen = _device(device, local_rank, source)
+    if world > 1 and not dist.is_initialized():
+        if chosen.type == "cuda":
+            torch.cuda.set_device(chosen)
+        dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
+    return Process(rank, world, chosen)
+
+
+def stop(process: Process) -> None:
+    if process.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def all_sum(process: Process, values: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks (the tensor itself in one process)."""
+    if process.distributed:
+        values = values.clone()
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def broadcast_flag(process: Process, flag: bool) -> bool:
+    """Rank 0's decision, on every rank."""
+    if not process.distributed:
+        return flag
+    value = torch.tensor([int(flag)], device=process.device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())

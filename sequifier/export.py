@@ -1,0 +1,90 @@
+"""Exported models: pt bundles and ONNX files, generative or embedding.
+
+A pt bundle is self-contained: the model's arguments and weights, the resolved train config and
+the metadata, so inference needs nothing else. ONNX files take one tensor per input column
+([batch, seq_length]) with a dynamic batch axis and hold their weights in the one file.
+"""
+
+import copy
+import logging
+from pathlib import Path
+
+import torch
+
+from sequifier.errors import DataError
+from sequifier.files import atomic_path
+from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
+
+log = logging.getLogger(__name__)
+FORMAT = "sequifier-model/1"
+
+
+def write_bundle(
+    path: Path, model: Transformer, kind: str, epoch: int, config: dict, metadata: dict, dropout: bool
+):
+    bundle = {
+        "format": FORMAT,
+        "kind": kind,
+        "epoch": epoch,
+        "with_dropout": dropout,
+        "model_args": model.args.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "config": config,
+        "metadata": metadata,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
+
+
+def load_bundle(path) -> tuple:
+    """(model in eval mode, bundle) from a pt bundle; a missing or damaged file is a clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    try:
+        bundle = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:
+        raise DataError(
+            f"{path}: cannot read this model file ({type(error).__name__}: {str(error)[:200]})"
+        ) from None
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise DataError(f"{path}: not a sequifier model bundle (expected format {FORMAT})")
+    model = Transformer(ModelArgs.from_dict(bundle["model_args"]))
+    model.load_state_dict(bundle["state_dict"])
+    return model.train(bundle["with_dropout"]), bundle
+
+
+def export_head(model: Transformer, kind: str) -> torch.nn.Module:
+    return GenerativeHead(model) if kind == "generative" else EmbeddingHead(model)
+
+
+def example_inputs(args: ModelArgs, batch: int = 2) -> tuple:
+    return tuple(
+        torch.full((batch, args.seq_length), 3, dtype=torch.int32)
+        if kind == "categorical"
+        else torch.zeros(batch, args.seq_length)
+        for _, kind, _, _ in args.input_columns
+    )
+
+
+def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None:
+    """Export with a dynamic batch axis, weights inside the file."""
+    model = copy.deepcopy(model).cpu().float().train(dropout)
+    head = export_head(model, kind).train(dropout)
+    args = model.args
+    inputs = example_inputs(args)
+    input_names = [name for name, *_ in args.input_columns]
+    output_names = [name for name, *_ in args.target_columns] if kind == "generative" else ["embedding"]
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_path(path) as tmp:
+        torch.onnx.export(
+            head,
+            inputs,
+            str(tmp),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=(tuple({0: batch} for _ in inputs),),  # forward(*inputs): one argument
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )

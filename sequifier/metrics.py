@@ -1,0 +1,48 @@
+"""The metrics CSV of a training run: one row per validation, rewritten atomically each time."""
+
+import csv
+import math
+from pathlib import Path
+
+from sequifier.files import atomic_path
+
+
+def metric_columns(targets: list) -> list:
+    per_target = [f"{split}_loss_{name}" for split in ("train", "validation") for name in targets]
+    return [
+        "epoch",
+        "batch",
+        "kind",
+        "train_loss",
+        "validation_loss",
+        *per_target,
+        "learning_rate",
+        "windows_per_s",
+        "elapsed_s",
+    ]
+
+
+def write_metrics(path: Path, columns: list, rows: list) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: _format(v) for k, v in row.items()})
+
+
+def _format(value):
+    return repr(value) if isinstance(value, float) and math.isfinite(value) else value
+
+
+def tracked(row: dict) -> dict:
+    """A metrics row as logged to W&B: train/..., validation/... and the rest."""
+    out = {}
+    for key, value in row.items():
+        if key in ("epoch", "batch", "kind") or value is None:
+            continue
+        for split in ("train", "validation"):
+            if key.startswith(f"{split}_loss"):
+                key = f"{split}/{key[len(split) + 1 :]}"
+        out[key] = value
+    return {**out, "epoch": row["epoch"]}

@@ -1,0 +1,234 @@
+"""The network: a causal transformer over categorical and real columns.
+
+Only `nn.Module`s, in reading order: column encoders, rotary positions, attention, feed-forward,
+block, the transformer, and the two export heads (generative and embedding). `ModelArgs` holds
+everything needed to rebuild a model, so an exported bundle needs no config logic.
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    input_columns: tuple  # ((name, kind, n_classes or 0, width), ...) in input order
+    target_columns: tuple  # ((name, kind, n_classes or 0), ...)
+    seq_length: int
+    dim_model: int = 64
+    n_head: int = 4
+    n_kv_heads: int = 4
+    dim_feedforward: int = 256
+    num_layers: int = 2
+    activation_fn: str = "gelu"
+    normalization: str = "layer_norm"
+    norm_first: bool = True
+    positional_encoding: str = "learned"
+    rope_theta: float = 10000.0
+    dropout: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "ModelArgs":
+        data = dict(data)
+        data["input_columns"] = tuple(tuple(c) for c in data["input_columns"])
+        data["target_columns"] = tuple(tuple(c) for c in data["target_columns"])
+        return cls(**data)
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    return nn.RMSNorm(dim) if kind == "rmsnorm" else nn.LayerNorm(dim)
+
+
+class ColumnEncoders(nn.Module):
+    """One encoder per input column (an embedding of ids, or a projection of a real value),
+    concatenated and projected to dim_model."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.encoders = nn.ModuleDict()
+        for name, kind, n_classes, width in args.input_columns:
+            self.encoders[name] = (
+                nn.Embedding(n_classes, width) if kind == "categorical" else nn.Linear(1, width)
+            )
+        self.kinds = {name: kind for name, kind, _, _ in args.input_columns}
+        joint = sum(width for *_, width in args.input_columns)
+        self.project = nn.Identity() if joint == args.dim_model else nn.Linear(joint, args.dim_model)
+
+    def forward(self, inputs: dict) -> torch.Tensor:
+        parts = []
+        for name, encoder in self.encoders.items():
+            values = inputs[name]
+            parts.append(
+                encoder(values) if self.kinds[name] == "categorical" else encoder(values.unsqueeze(-1))
+            )
+        return self.project(torch.cat(parts, dim=-1))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding of queries and keys, [batch, heads, length, head_dim]."""
+
+    def __init__(self, head_dim: int, seq_length: int, theta: float):
+        super().__init__()
+        frequencies = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        angles = torch.outer(torch.arange(seq_length, dtype=torch.float32), frequencies)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = x.shape[-2]
+        cos, sin = self.cos[:length].to(x.dtype), self.sin[:length].to(x.dtype)
+        even, odd = x[..., 0::2], x[..., 1::2]
+        rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
+        return rotated.flatten(-2)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention with n_kv_heads key/value heads (mha, gqa or mqa)."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.n_head, self.n_kv_heads = args.n_head, args.n_kv_heads
+        self.head_dim = args.dim_model // args.n_head
+        self.query = nn.Linear(args.dim_model, args.dim_model)
+        self.key_value = nn.Linear(args.dim_model, 2 * self.n_kv_heads * self.head_dim)
+        self.out = nn.Linear(args.dim_model, args.dim_model)
+        self.out.residual = True
+        self.dropout = args.dropout
+        self.rotary = (
+            Rotary(self.head_dim, args.seq_length, args.rope_theta)
+            if args.positional_encoding == "rope"
+            else None
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        q = self.query(x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)
+        k, v = self.key_value(x).view(batch, length, 2, self.n_kv_heads, self.head_dim).unbind(2)
+        k, v = k.transpose(1, 2), v.transpose(1, 2)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        if self.n_kv_heads != self.n_head:
+            repeat = self.n_head // self.n_kv_heads
+            k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
+        dropout = self.dropout if self.training else 0.0
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
+        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.gated = args.activation_fn == "swiglu"
+        width = 2 * args.dim_feedforward if self.gated else args.dim_feedforward
+        self.up = nn.Linear(args.dim_model, width)
+        self.activation = {"relu": F.relu, "gelu": F.gelu, "swiglu": F.silu}[args.activation_fn]
+        self.down = nn.Linear(args.dim_feedforward, args.dim_model)
+        self.down.residual = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = self.up(x)
+        if self.gated:
+            gate, hidden = hidden.chunk(2, dim=-1)
+            return self.down(self.activation(gate) * hidden)
+        return self.down(self.activation(hidden))
+
+
+class Block(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.norm_first = args.norm_first
+        self.attention_norm = make_norm(args.normalization, args.dim_model)
+        self.attention = CausalSelfAttention(args)
+        self.feed_forward_norm = make_norm(args.normalization, args.dim_model)
+        self.feed_forward = FeedForward(args)
+        self.dropout = nn.Dropout(args.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.norm_first:
+            x = x + self.dropout(self.attention(self.attention_norm(x)))
+            return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
+        x = self.attention_norm(x + self.dropout(self.attention(x)))
+        return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
+
+
+class Transformer(nn.Module):
+    """inputs {column: [batch, length]} -> outputs {target: [batch, length, classes] or [batch, length]}:
+    at every position, the prediction of the next item."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.encoders = ColumnEncoders(args)
+        self.positions = (
+            nn.Embedding(args.seq_length, args.dim_model) if args.positional_encoding == "learned" else None
+        )
+        self.dropout = nn.Dropout(args.dropout)
+        self.blocks = nn.ModuleList(Block(args) for _ in range(args.num_layers))
+        self.final_norm = make_norm(args.normalization, args.dim_model)
+        self.heads = nn.ModuleDict(
+            {
+                name: nn.Linear(args.dim_model, n_classes if kind == "categorical" else 1)
+                for name, kind, n_classes in args.target_columns
+            }
+        )
+        self.apply(self._initialize)
+
+    def _initialize(self, module: nn.Module) -> None:
+        """GPT-2 initialization: N(0, 0.02), residual projections scaled down by depth."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            std = 0.02 / math.sqrt(2 * self.args.num_layers) if getattr(module, "residual", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def hidden(self, inputs: dict) -> torch.Tensor:
+        """The final-norm hidden states, [batch, length, dim_model]."""
+        x = self.encoders(inputs)
+        if self.positions is not None:
+            x = x + self.positions.weight[: x.shape[1]]
+        x = self.dropout(x)
+        for block in self.blocks:
+            x = block(x)
+        return self.final_norm(x)
+
+    def predict(self, hidden: torch.Tensor) -> dict:
+        outputs = {}
+        for name, kind, _ in self.args.target_columns:
+            out = self.heads[name](hidden)
+            outputs[name] = out if kind == "categorical" else out.squeeze(-1)
+        return outputs
+
+    def forward(self, inputs: dict) -> dict:
+        return self.predict(self.hidden(inputs))
+
+
+class GenerativeHead(nn.Module):
+    """The export form: input tensors in input-column order -> the next item's outputs, one per
+    target in target order (class logits [batch, classes] or values [batch])."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+        self.names = [name for name, *_ in model.args.input_columns]
+
+    def forward(self, *inputs: torch.Tensor) -> tuple:
+        hidden = self.model.hidden(dict(zip(self.names, inputs)))[:, -1:]
+        return tuple(out[:, 0] for out in self.model.predict(hidden).values())
+
+
+class EmbeddingHead(nn.Module):
+    """The export form: input tensors -> the final-norm hidden state of the last position."""
+
+    def __init__(self, model: Transformer):
+        super().__init__()
+        self.model = model
+        self.names = [name for name, *_ in model.args.input_columns]
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.model.hidden(dict(zip(self.names, inputs)))[:, -1]

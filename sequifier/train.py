@@ -1,0 +1,387 @@
+"""`sequifier train`: metadata + windows -> a trained model, its checkpoints, metrics and exports.
+
+Reads top to bottom: set up (plan, process, data, model, optimizer), then `Trainer.fit` runs the
+epochs (train, validate, record, checkpoint), then the best and last models are exported. Under
+torchrun the model is wrapped in DistributedDataParallel and only rank 0 writes anything.
+"""
+
+import copy
+import logging
+import math
+import os
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from sequifier import checkpoint, distributed
+from sequifier.data import PAD, WindowSource, open_windows
+from sequifier.errors import ConfigError
+from sequifier.export import write_bundle, write_onnx
+from sequifier.metrics import metric_columns, tracked, write_metrics
+from sequifier.model import Transformer
+from sequifier.objective import Objective, model_inputs
+from sequifier.optim import build_optimizer, build_scheduler
+from sequifier.tracking import Tracker
+from sequifier.train_config import TrainPlan, make_train_plan
+
+log = logging.getLogger(__name__)
+AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint."""
+
+    epoch: int = 0  # epochs done
+    batches_done: int = 0  # batches done of epoch + 1 (after an interrupt)
+    steps: int = 0  # optimizer steps
+    best_loss: float = math.inf
+    best_epoch: int = 0
+    best_state: dict | None = None
+    stale_epochs: int = 0
+    elapsed: float = 0.0
+    train_sums: dict = field(default_factory=dict)  # of the epoch under way
+    rows: list = field(default_factory=list)
+
+
+def window_source(plan: TrainPlan, path: Path) -> WindowSource:
+    metadata, config = plan.metadata, plan.config
+    keep = tuple(dict.fromkeys([*config["input_columns"], *config["target_columns"]]))
+    return WindowSource(
+        path,
+        config["read_format"],
+        tuple(metadata["columns"]),
+        metadata["column_types"],
+        metadata["n_classes"],
+        keep,
+        config["seq_length"],
+    )
+
+
+class Trainer:
+    def __init__(self, plan: TrainPlan, process: distributed.Process):
+        self.plan, self.process, self.config = plan, process, plan.config
+        self.spec = spec = plan.config["training_spec"]
+        self.device = process.device
+        self.optimizer_state = None
+        torch.manual_seed(self.config["seed"])
+        self.model = Transformer(plan.model_args()).to(self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), spec["optimizer"], spec["learning_rate"])
+        self.scheduler = build_scheduler(self.optimizer, spec["scheduler"])
+        self.autocast = AUTOCAST.get(spec["mixed_precision"])
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
+        self.objective = Objective(
+            plan.model_args(), spec, plan.config["model_spec"]["prediction_length"], self.device
+        )
+        in_ram, buffer, readahead = (
+            spec["load_full_data_to_ram"],
+            spec["shuffle_buffer_size"],
+            spec["num_workers"],
+        )
+        self.train_data = open_windows(window_source(plan, plan.train_path), in_ram, buffer, readahead)
+        self.validation_data = open_windows(
+            window_source(plan, plan.validation_path), in_ram, buffer, readahead
+        )
+        self.progress = Progress()
+        self.columns = metric_columns(plan.config["target_columns"])
+        self.network = torch.compile(self.model) if spec["compile"] else self.model
+        if process.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.network = torch.nn.parallel.DistributedDataParallel(self.network, device_ids=ids)
+
+    # -- resume and checkpoints ------------------------------------------------------------------
+
+    def resume(self, path: Path) -> None:
+        state = checkpoint.load(path)
+        if state["model_args"] != self.model.args.to_dict():
+            raise ConfigError(
+                f"{self.plan.source}: cannot resume from {path}: it was trained with another model_spec or "
+                "data; set training_spec.continue_training: false or use another model_name"
+            )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.progress = Progress(**state["progress"])
+        if self.progress.batches_done:
+            checkpoint.restore_random_states(state["random"])
+        log.info("resuming from %s (epoch %d done)", path, self.progress.epoch)
+
+    def save_checkpoint(self) -> None:
+        if not self.process.main:
+            return
+        p = self.progress
+        path = checkpoint.checkpoint_file(self.plan.checkpoints, self.plan.name, p.epoch, p.batches_done)
+        checkpoint.save(
+            path,
+            {
+                "model_args": self.model.args.to_dict(),
+                "config": self.config,
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scaler": self.scaler.state_dict(),
+                "progress": vars(p),
+            },
+        )
+
+    # -- one batch, one epoch, validation ---------------------------------------------------------
+
+    def _autocast(self):
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    def _step(self) -> None:
+        if self.spec["gradient_clip"] is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec["gradient_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.progress.steps += 1
+        if self.scheduler is not None and self.spec["scheduler_step_on"] == "batch":
+            self.scheduler.step()
+
+    def train_epoch(self, epoch: int, tracker: Tracker) -> tuple:
+        self.network.train()
+        p, spec, accumulate = self.progress, self.spec, self.spec["accumulation_steps"]
+        if p.batches_done == 0:
+            torch.manual_seed(self.config["seed"] * 7919 + epoch * 104729 + self.process.rank)
+            p.train_sums = {}
+        sums = {k: torch.tensor(v, device=self.device) for k, v in p.train_sums.items()}
+        batches = self.train_data.batches(
+            spec["batch_size"],
+            shuffle=True,
+            seed=self.config["seed"],
+            epoch=epoch,
+            rank=self.process.rank,
+            world=self.process.world,
+            skip=p.batches_done,
+        )
+        started, windows, pending = time.perf_counter(), 0, 0
+        bar = tqdm(
+            batches,
+            desc=f"epoch {epoch}",
+            unit="batch",
+            leave=False,
+            disable=not (self.process.main and sys.stderr.isatty()),
+        )
+        for i, batch in enumerate(bar, start=p.batches_done):
+            pending += 1
+            sync = pending == accumulate
+            no_sync = self.network.no_sync() if self.process.distributed and not sync else nullcontext()
+            with no_sync:
+                with self._autocast():
+                    outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
+                losses = self.objective.losses(outputs, batch)
+                self.scaler.scale(self.objective.total(losses) / accumulate).backward()
+            for name, (total, count) in losses.items():
+                stacked = torch.stack([total.detach(), count.detach()])
+                sums[name] = sums[name] + stacked if name in sums else stacked
+            windows += len(batch[PAD])
+            if sync:
+                self._step()
+                pending, p.batches_done = 0, i + 1
+                p.train_sums = {k: v.tolist() for k, v in sums.items()}
+            if spec["log_interval"] and (i + 1) % spec["log_interval"] == 0:
+                rate = windows / (time.perf_counter() - started)
+                self.record(epoch, i + 1, "interval", self.train_losses(sums), rate, tracker)
+                self.network.train()
+        if pending:
+            self._step()
+        rate = windows * self.process.world / max(time.perf_counter() - started, 1e-9)
+        p.batches_done = 0
+        return self.train_losses(sums), rate
+
+    def _reduce(self, sums: dict) -> tuple:
+        names = self.config["target_columns"]
+        stacked = torch.stack([sums.get(n, torch.zeros(2, device=self.device)) for n in names])
+        stacked = distributed.all_sum(self.process, stacked).tolist()
+        per_target = {n: total / count if count else math.nan for n, (total, count) in zip(names, stacked)}
+        weights = self.spec["loss_weights"]
+        return sum(weights[n] * per_target[n] for n in names), per_target
+
+    def train_losses(self, sums: dict) -> tuple:
+        return self._reduce(
+            {k: v.to(self.device) if torch.is_tensor(v) else torch.tensor(v) for k, v in sums.items()}
+        )
+
+    @torch.no_grad()
+    def validate(self) -> tuple:
+        model = self.model.eval()
+        sums, shares = {}, {name: None for name in self.spec["class_share_log_columns"]}
+        for batch in self.validation_data.batches(
+            self.config["inference_batch_size"],
+            shuffle=False,
+            rank=self.process.rank,
+            world=self.process.world,
+        ):
+            with self._autocast():
+                outputs = model(model_inputs(batch, self.config["input_columns"], self.device))
+            for name, (total, count) in self.objective.losses(outputs, batch).items():
+                stacked = torch.stack([total, count])
+                sums[name] = sums[name] + stacked if name in sums else stacked
+            for name in shares:
+                predicted = outputs[name][:, -1].argmax(-1)
+                counts = torch.bincount(predicted, minlength=outputs[name].shape[-1])
+                shares[name] = counts if shares[name] is None else shares[name] + counts
+        total, per_target = self._reduce(sums)
+        return total, per_target, shares
+
+    # -- records --------------------------------------------------------------------------------
+
+    def record(self, epoch: int, batch: int, kind: str, train: tuple, rate: float, tracker: Tracker) -> float:
+        validation, per_target, shares = self.validate()
+        p = self.progress
+        row = {
+            "epoch": epoch,
+            "batch": batch,
+            "kind": kind,
+            "train_loss": train[0],
+            "validation_loss": validation,
+        }
+        row.update({f"train_loss_{n}": v for n, v in train[1].items()})
+        row.update({f"validation_loss_{n}": v for n, v in per_target.items()})
+        row.update(
+            {
+                "learning_rate": self.optimizer.param_groups[0]["lr"],
+                "windows_per_s": rate,
+                "elapsed_s": p.elapsed + time.perf_counter() - self.started,
+            }
+        )
+        p.rows.append(row)
+        if self.process.main:
+            write_metrics(self.plan.metrics_path, self.columns, p.rows)
+            tracker.log(tracked(row), step=p.steps)
+            log.info(
+                "epoch %d batch %d: train loss %.5f, validation loss %.5f", epoch, batch, train[0], validation
+            )
+            self._log_shares(shares, tracker)
+        return validation
+
+    def _log_shares(self, shares: dict, tracker: Tracker) -> None:
+        for name, counts in shares.items():
+            values = {v: k for k, v in self.plan.metadata["id_maps"].get(name, {}).items()}
+            top = torch.topk(counts.float() / counts.sum().clamp(min=1), min(10, len(counts)))
+            text = ", ".join(
+                f"{values.get(int(i), int(i))}: {s:.3f}"
+                for s, i in zip(top.values.tolist(), top.indices.tolist())
+            )
+            log.info("predicted class shares of %s (top %d): %s", name, len(top.values), text)
+
+    # -- the epochs -----------------------------------------------------------------------------
+
+    def fit(self, tracker: Tracker) -> None:
+        p, spec = self.progress, self.spec
+        self.started = time.perf_counter()
+        try:
+            for epoch in range(p.epoch + 1, spec["epochs"] + 1):
+                train, rate = self.train_epoch(epoch, tracker)
+                validation = self.record(epoch, 0, "epoch", train, rate, tracker)
+                p.epoch = epoch
+                if validation < p.best_loss:
+                    p.best_loss, p.best_epoch, p.stale_epochs = validation, epoch, 0
+                    p.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                else:
+                    p.stale_epochs += 1
+                if self.scheduler is not None and spec["scheduler_step_on"] == "epoch":
+                    self.scheduler.step()
+                stop = (
+                    spec["early_stopping_epochs"] is not None
+                    and p.stale_epochs >= spec["early_stopping_epochs"]
+                )
+                if epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"] or stop:
+                    p.elapsed += time.perf_counter() - self.started
+                    self.started = time.perf_counter()
+                    self.save_checkpoint()
+                if stop:
+                    log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
+                    break
+        except KeyboardInterrupt:
+            log.warning("interrupted: saving a checkpoint to resume from (continue_training: true)")
+            p.elapsed += time.perf_counter() - self.started
+            self.save_checkpoint()
+            raise
+        tracker.summary({"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch})
+
+    def export(self) -> list:
+        if not self.process.main:
+            return []
+        plan, config, written = self.plan, self.config, []
+        for stale in plan.models.glob(f"sequifier-{plan.name}-*"):
+            if stale.suffix in (".pt", ".onnx") and stale.name.split(f"sequifier-{plan.name}-")[1].split("-")[
+                0
+            ] in ("best", "last"):
+                stale.unlink()
+        last = copy.deepcopy(self.model).cpu()
+        best = copy.deepcopy(last)
+        best.load_state_dict(self.progress.best_state)
+        kinds = [
+            k
+            for k, on in (
+                ("generative", config["export_generative_model"]),
+                ("embedding", config["export_embedding_model"]),
+            )
+            if on
+        ]
+        dropout = config["export_with_dropout"]
+        for label, model, epoch in (
+            ("best", best, self.progress.best_epoch),
+            ("last", last, self.progress.epoch),
+        ):
+            for kind in kinds:
+                if config["export_pt"]:
+                    path = plan.model_path(label, epoch, kind == "embedding", "pt")
+                    write_bundle(path, model, kind, epoch, config, plan.metadata, dropout)
+                    written.append(path)
+                if config["export_onnx"]:
+                    path = plan.model_path(label, epoch, kind == "embedding", "onnx")
+                    write_onnx(path, model, kind, dropout)
+                    written.append(path)
+        return written
+
+
+def run(loaded: dict, source: str = "train config") -> dict:
+    """Train as the config says; returns the best epoch and loss and the files exported."""
+    plan = make_train_plan(loaded, source)
+    spec = plan.config["training_spec"]
+    process = distributed.start(spec["device"], source)
+    handler = None
+    try:
+        if process.main:
+            plan.logs.mkdir(parents=True, exist_ok=True)
+            handler = logging.FileHandler(plan.log_path)
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            logging.getLogger("sequifier").addHandler(handler)
+        if spec["enforce_determinism"]:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+        trainer = Trainer(plan, process)
+        latest = checkpoint.latest(plan.checkpoints, plan.name) if spec["continue_training"] else None
+        if latest is not None:
+            trainer.resume(latest)
+        log.info(
+            "training %s: %d parameters, %d training and %d validation windows, %d process(es)",
+            plan.name,
+            sum(p.numel() for p in trainer.model.parameters()),
+            len(trainer.train_data),
+            len(trainer.validation_data),
+            process.world,
+        )
+        with Tracker(plan.config["wandb"], plan.config, plan.logs, active=process.main) as tracker:
+            trainer.fit(tracker)
+        written = trainer.export()
+        p = trainer.progress
+        return {"best_epoch": p.best_epoch, "best_loss": p.best_loss, "epochs": p.epoch, "models": written}
+    finally:
+        if handler is not None:
+            logging.getLogger("sequifier").removeHandler(handler)
+            handler.close()
+        distributed.stop(process)
