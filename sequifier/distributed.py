@@ -73,10 +73,10 @@ def all_sum(process: Process, values: torch.Tensor) -> torch.Tensor:
     return values
 
 
-def broadcast_flag(process: Process, flag: bool) -> bool:
-    """Rank 0's decision, on every rank."""
-    if not process.distributed:
-        return flag
-    value = torch.tensor([int(flag)], device=process.device)
-    dist.broadcast(value, src=0)
-    return bool(value.item())
+def all_extremes(process: Process, value: torch.Tensor) -> tuple:
+    """(min, max) of a one-element tensor over ranks."""
+    low, high = value.clone(), value.clone()
+    if process.distributed:
+        dist.all_reduce(low, op=dist.ReduceOp.MIN)
+        dist.all_reduce(high, op=dist.ReduceOp.MAX)
+    return low.item(), high.item()

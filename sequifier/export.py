@@ -1,8 +1,9 @@
 """Exported models: pt bundles and ONNX files, generative or embedding.
 
 A pt bundle is self-contained: the model's arguments and weights, the resolved train config and
-the metadata, so inference needs nothing else. ONNX files take one tensor per input column
-([batch, seq_length]) with a dynamic batch axis and hold their weights in the one file.
+the metadata, so inference needs nothing else. An ONNX file takes one tensor per input column,
+named by the column ([batch, seq_length], a dynamic batch axis), gives next_{target} (logits or
+values of the next item) or sequence_embedding, and holds its weights in the one file.
 """
 
 import copy
@@ -74,7 +75,11 @@ def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None
     args = model.args
     inputs = example_inputs(args)
     input_names = [name for name, *_ in args.input_columns]
-    output_names = [name for name, *_ in args.target_columns] if kind == "generative" else ["embedding"]
+    output_names = (
+        [f"next_{name}" for name, *_ in args.target_columns]
+        if kind == "generative"
+        else ["sequence_embedding"]
+    )
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(path) as tmp:
         torch.onnx.export(

@@ -9,6 +9,7 @@ import copy
 import logging
 import math
 import os
+import re
 import sys
 import time
 from contextlib import nullcontext
@@ -311,18 +312,30 @@ class Trainer:
             raise
         tracker.summary({"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch})
 
+    def check_replicas(self) -> None:
+        """Under DDP, every rank must end with the same weights; say so, or fail loudly."""
+        if not self.process.distributed:
+            return
+        checksum = sum(p.detach().double().sum() for p in self.model.parameters()).reshape(1)
+        low, high = distributed.all_extremes(self.process, checksum)
+        if low != high:
+            raise RuntimeError(f"DDP ranks diverged: weight checksums from {low!r} to {high!r}")
+        log.info("the %d ranks end with identical weights (checksum %.10g)", self.process.world, high)
+
     def export(self) -> list:
         if not self.process.main:
             return []
         plan, config, written = self.plan, self.config, []
+        exported = re.compile(rf"sequifier-{re.escape(plan.name)}-(best|last)(-embedding)?-\d+\.(pt|onnx)$")
         for stale in plan.models.glob(f"sequifier-{plan.name}-*"):
-            if stale.suffix in (".pt", ".onnx") and stale.name.split(f"sequifier-{plan.name}-")[1].split("-")[
-                0
-            ] in ("best", "last"):
+            if exported.match(stale.name):  # the exports of an earlier run of this model
                 stale.unlink()
         last = copy.deepcopy(self.model).cpu()
         best = copy.deepcopy(last)
-        best.load_state_dict(self.progress.best_state)
+        if self.progress.best_state is None:
+            log.warning("no validation loss was finite; the best model is the last one")
+        else:
+            best.load_state_dict(self.progress.best_state)
         kinds = [
             k
             for k, on in (
@@ -348,6 +361,14 @@ class Trainer:
         return written
 
 
+def _log_to_file(plan: TrainPlan) -> logging.Handler:
+    plan.logs.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(plan.log_path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger("sequifier").addHandler(handler)
+    return handler
+
+
 def run(loaded: dict, source: str = "train config") -> dict:
     """Train as the config says; returns the best epoch and loss and the files exported."""
     plan = make_train_plan(loaded, source)
@@ -355,11 +376,6 @@ def run(loaded: dict, source: str = "train config") -> dict:
     process = distributed.start(spec["device"], source)
     handler = None
     try:
-        if process.main:
-            plan.logs.mkdir(parents=True, exist_ok=True)
-            handler = logging.FileHandler(plan.log_path)
-            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            logging.getLogger("sequifier").addHandler(handler)
         if spec["enforce_determinism"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -367,6 +383,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
         latest = checkpoint.latest(plan.checkpoints, plan.name) if spec["continue_training"] else None
         if latest is not None:
             trainer.resume(latest)
+        handler = _log_to_file(plan) if process.main else None
         log.info(
             "training %s: %d parameters, %d training and %d validation windows, %d process(es)",
             plan.name,
@@ -377,6 +394,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
         )
         with Tracker(plan.config["wandb"], plan.config, plan.logs, active=process.main) as tracker:
             trainer.fit(tracker)
+        trainer.check_replicas()
         written = trainer.export()
         p = trainer.progress
         return {"best_epoch": p.best_epoch, "best_loss": p.best_loss, "epochs": p.epoch, "models": written}

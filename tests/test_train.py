@@ -1,0 +1,176 @@
+"""`sequifier train`: what a run writes, what it logs, and that it is reproducible and resumable."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from conftest import run_cli
+from wandb_runs import find_runs, read_run
+
+from sequifier import config
+from sequifier.data import InMemoryWindows
+from sequifier.export import load_bundle
+from sequifier.train import run, window_source
+from sequifier.train_config import make_train_plan
+
+LOSSES = ("train_loss", "validation_loss", "train_loss_itemId", "validation_loss_price")
+
+
+def read_metrics(path) -> list:
+    with open(path) as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """A project made by `sequifier make`, preprocessed, trained once by the CLI with W&B offline."""
+    root = tmp_path_factory.mktemp("train")
+    run_cli("make", "demo", cwd=root, check=True)
+    project = root / "demo"
+    run_cli("preprocess", cwd=project, check=True)
+    env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(root), "WANDB_CONFIG_DIR": str(root / ".wandb")}
+    result = subprocess.run(
+        [sys.executable, "-m", "sequifier", "train"], cwd=project, capture_output=True, text=True, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    return project
+
+
+def train_in_process(project, **overrides) -> dict:
+    overrides = {"project_root": str(project), "export_onnx": False, "wandb.mode": "disabled", **overrides}
+    return run(config.load("train", project / "configs" / "train.yaml", overrides))
+
+
+def test_make_preprocess_train_writes_models_checkpoints_and_metrics(made):
+    rows = read_metrics(made / "logs" / "sequifier-default-metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert all(r["kind"] == "epoch" for r in rows)
+    losses = [float(r["validation_loss"]) for r in rows]
+    assert losses[-1] < losses[0]
+    best = 1 + int(np.argmin(losses))
+    for row in rows:  # the total is the sum of the per-target losses (weights 1)
+        parts = float(row["validation_loss_itemId"]) + float(row["validation_loss_price"])
+        assert float(row["validation_loss"]) == pytest.approx(parts, rel=1e-9)
+    models = sorted(p.name for p in (made / "models").iterdir())
+    expected = [
+        f"sequifier-default-{label}{kind}-{epoch}.{suffix}"
+        for label, epoch in (("best", best), ("last", 5))
+        for kind in ("", "-embedding")
+        for suffix in ("onnx", "pt")
+    ]
+    assert models == sorted(expected)
+    checkpoints = sorted(p.name for p in (made / "checkpoints").iterdir())
+    assert checkpoints == [f"sequifier-default-epoch-{e}.pt" for e in range(1, 6)]
+    assert "validation loss" in (made / "logs" / "sequifier-default.log").read_text()
+
+
+def test_wandb_offline_run_holds_the_metrics_of_the_csv(made):
+    rows = read_metrics(made / "logs" / "sequifier-default-metrics.csv")
+    (folder,) = find_runs(made / "logs")
+    logged = read_run(folder)
+    assert logged["name"] == "default" and logged["config"]["model_name"] == "default"
+    assert logged["config"]["model_spec"]["dim_model"] == 32
+    history = [h for h in logged["history"] if "validation/loss" in h]
+    assert [h["epoch"] for h in history] == [int(r["epoch"]) for r in rows]
+    for h, row in zip(history, rows):
+        assert h["validation/loss"] == pytest.approx(float(row["validation_loss"]), rel=1e-12)
+        assert h["train/loss_itemId"] == pytest.approx(float(row["train_loss_itemId"]), rel=1e-12)
+        assert h["learning_rate"] == pytest.approx(float(row["learning_rate"]), rel=1e-12)
+        assert h["windows_per_s"] > 0
+    best = 1 + int(np.argmin([float(r["validation_loss"]) for r in rows]))
+    assert logged["summary"]["best_epoch"] == best
+    assert logged["summary"]["best_validation_loss"] == pytest.approx(
+        min(h["validation/loss"] for h in history)
+    )
+
+
+def _validation_inputs(project, bundle, n=50):
+    plan = make_train_plan(bundle["config"])
+    windows = InMemoryWindows(window_source(plan, plan.validation_path))
+    batch = next(windows.batches(n, shuffle=False))
+    return {name: batch[name][:, :-1] for name in bundle["config"]["input_columns"]}
+
+
+def test_pt_bundle_is_self_contained_and_onnx_agrees(made):
+    (best,) = (made / "models").glob("sequifier-default-best-[0-9]*.pt")
+    model, bundle = load_bundle(best)
+    assert bundle["metadata"]["id_maps"]["itemId"] and bundle["config"]["target_columns"] == [
+        "itemId",
+        "price",
+    ]
+    os.chdir(made)  # the bundle's config has the project's relative paths
+    inputs = _validation_inputs(made, bundle)
+    with torch.no_grad():
+        expected = model(inputs)
+        embedding = model.hidden(inputs)[:, -1]
+    feed = {name: tensor.numpy() for name, tensor in inputs.items()}
+    session = ort.InferenceSession(str(best.with_suffix(".onnx")))
+    logits, price = session.run(None, feed)
+    assert logits.shape == (50, bundle["metadata"]["n_classes"]["itemId"])
+    np.testing.assert_allclose(logits, expected["itemId"][:, -1].numpy(), atol=1e-4)
+    np.testing.assert_allclose(price, expected["price"][:, -1].numpy(), atol=1e-4)
+    (embedding_file,) = (made / "models").glob("sequifier-default-best-embedding-*.onnx")
+    (onnx_embedding,) = ort.InferenceSession(str(embedding_file)).run(None, feed)
+    assert onnx_embedding.shape == (50, 32)
+    np.testing.assert_allclose(onnx_embedding, embedding.numpy(), atol=1e-4)
+
+
+def test_same_seed_same_losses_and_resume_continues_exactly(made):
+    settings = {"training_spec.epochs": 4, "training_spec.log_interval": 7, "training_spec.dropout": 0.1}
+    first = read_metrics_of(made, "a", settings)
+    again = read_metrics_of(made, "b", settings)
+    assert [[r[k] for k in LOSSES] for r in first] == [[r[k] for k in LOSSES] for r in again]
+    assert len(first) == 4 + 4 * (1241 // 64 // 7)  # epoch rows and interval rows
+    other = read_metrics_of(made, "c", {**settings, "seed": 7})
+    assert other[-1]["validation_loss"] != first[-1]["validation_loss"]
+    read_metrics_of(made, "d", {**settings, "training_spec.epochs": 2})
+    resumed = read_metrics_of(made, "d", {**settings, "training_spec.continue_training": True})
+    assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
+
+
+def read_metrics_of(project, name, settings) -> list:
+    train_in_process(project, model_name=name, **settings)
+    return read_metrics(project / "logs" / f"sequifier-{name}-metrics.csv")
+
+
+def test_ctrl_c_saves_a_checkpoint_and_training_resumes_from_it(made):
+    args = [
+        sys.executable,
+        "-m",
+        "sequifier",
+        "train",
+        "--model-name",
+        "stopped",
+        "--set",
+        "training_spec.epochs=500",
+    ]
+    args += ["--set", "export_onnx=false", "--set", "wandb.mode=disabled"]
+    process = subprocess.Popen(args, cwd=made, stderr=subprocess.PIPE, text=True)
+    first = made / "checkpoints" / "sequifier-stopped-epoch-1.pt"
+    deadline = time.monotonic() + 60
+    while not first.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    stderr = process.communicate(timeout=60)[1]
+    assert process.returncode == 130, stderr
+    assert "interrupted: saving a checkpoint" in stderr and "Traceback" not in stderr
+    saved = sorted(p.name for p in (made / "checkpoints").glob("sequifier-stopped-*"))
+    last = max(int(name.split("-epoch-")[1].split("-")[0].split(".")[0]) for name in saved)
+    assert not list((made / "models").glob("sequifier-stopped-*"))
+    result = run_cli(
+        "train", "--model-name", "stopped", "--set", f"training_spec.epochs={last + 1}",
+        "--set", "training_spec.continue_training=true", "--set", "export_onnx=false",
+        "--set", "wandb.mode=disabled", cwd=made,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "resuming from" in result.stderr
+    epochs = [int(r["epoch"]) for r in read_metrics(made / "logs" / "sequifier-stopped-metrics.csv")]
+    assert epochs == list(range(1, last + 2))
+    assert (made / "models" / f"sequifier-stopped-last-{last + 1}.pt").exists()
