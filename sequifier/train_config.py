@@ -7,6 +7,7 @@ exported models record.
 """
 
 import copy
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,6 +86,7 @@ def _find_metadata(config: dict, source: str) -> Path:
             "(preprocess_config_path) does not exist; set metadata_config_path to the metadata file"
         )
     preprocess = stage_config.load("preprocess", preprocess_path)
+    preprocess["project_root"] = str(root / preprocess["project_root"])  # both configs are of this project
     return metadata_path_of(preprocess)
 
 
@@ -197,7 +199,7 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     root = Path(config["project_root"])
     metadata_path = _find_metadata(config, source)
     metadata = load_metadata(metadata_path)
-    config["metadata_config_path"] = str(metadata_path)
+    config["metadata_config_path"] = os.path.relpath(metadata_path, root)  # as every path: relative to root
     _columns(config, metadata, fail)
     seq_length = config["seq_length"] or metadata["seq_length"]
     if seq_length > metadata["seq_length"]:
