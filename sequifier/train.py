@@ -374,6 +374,8 @@ def run(loaded: dict, source: str = "train config") -> dict:
     plan = make_train_plan(loaded, source)
     spec = plan.config["training_spec"]
     process = distributed.start(spec["device"], source)
+    if not process.main:  # one voice: rank 0 reports, the others only warn
+        logging.getLogger("sequifier").setLevel(logging.WARNING)
     handler = None
     try:
         if spec["enforce_determinism"]:
