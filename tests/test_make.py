@@ -1,6 +1,7 @@
 """`sequifier make` scaffolds a project whose configs run unedited."""
 
 import pandas as pd
+import pytest
 import yaml
 from conftest import REPO, run_cli
 
@@ -32,11 +33,12 @@ def test_make_refuses_an_existing_folder(tmp_path):
     assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["keep.txt"]
 
 
-def test_preprocess_template_validates():
+@pytest.mark.parametrize("stage", config.STAGES)
+def test_stage_templates_validate(stage):
     from importlib import resources
 
-    text = (resources.files("sequifier") / "templates" / "preprocess.yaml").read_text()
-    config.resolve("preprocess", yaml.safe_load(text), "templates/preprocess.yaml")
+    text = (resources.files("sequifier") / "templates" / f"{stage}.yaml").read_text()
+    config.resolve(stage, yaml.safe_load(text), f"templates/{stage}.yaml")
 
 
 def test_bundled_example_is_the_example_generator_output():
