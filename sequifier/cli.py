@@ -81,52 +81,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _preprocess_overrides(args) -> dict:
-    overrides = {}
-    for flag, key in [
-        ("project_root", "project_root"),
-        ("data_path", "data_path"),
-        ("output_path", "output_path"),
-        ("seed", "seed"),
-        ("metadata_config_path", "metadata_config_path"),
-        ("work_path", "work_path"),
-        ("n_cores", "n_cores"),
-        ("n_partitions", "n_partitions"),
-    ]:
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    if args.selected_columns is not None:
-        overrides["selected_columns"] = _none_or_list(args.selected_columns)
+def _flag_overrides(args, flags: dict, columns: str) -> dict:
+    """Config overrides from the flags given: `flags` maps flag names to config keys; `columns` is
+    the list flag where `None` means null."""
+    overrides = {key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None}
+    if getattr(args, columns) is not None:
+        overrides[columns] = _none_or_list(getattr(args, columns))
     if args.randomize:
         overrides["seed"] = random.randrange(2**31)
     return overrides
 
 
-def _train_overrides(args) -> dict:
+PREPROCESS_FLAGS = {
+    name: name
+    for name in (
+        "project_root", "data_path", "output_path", "seed", "metadata_config_path", "work_path", "n_cores",
+        "n_partitions",
+    )
+}  # fmt: skip
+TRAIN_FLAGS = {
+    "project_root": "project_root",
+    "data_path": "training_data_path",
+    "validation_data_path": "validation_data_path",
+    "metadata_config_path": "metadata_config_path",
+    "model_name": "model_name",
+    "seed": "seed",
+}
+
+
+def _set_overrides(items: list) -> dict:
+    """`--set a.b=VALUE` pairs, the values read as YAML."""
     import yaml
 
     from sequifier.errors import ConfigError
 
     overrides = {}
-    for item in args.set:
+    for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training_spec.epochs=5")
         overrides[key] = yaml.safe_load(value)
-    for flag, key in [
-        ("project_root", "project_root"),
-        ("data_path", "training_data_path"),
-        ("validation_data_path", "validation_data_path"),
-        ("metadata_config_path", "metadata_config_path"),
-        ("model_name", "model_name"),
-        ("seed", "seed"),
-    ]:
-        if getattr(args, flag) is not None:
-            overrides[key] = getattr(args, flag)
-    if args.input_columns is not None:
-        overrides["input_columns"] = _none_or_list(args.input_columns)
-    if args.randomize:
-        overrides["seed"] = random.randrange(2**31)
     return overrides
 
 
@@ -163,9 +157,11 @@ def _dispatch(args) -> None:
     if args.command == "train":
         from sequifier.train import run
 
-        run(config.load("train", args.config_path, _train_overrides(args)), args.config_path)
+        overrides = {**_set_overrides(args.set), **_flag_overrides(args, TRAIN_FLAGS, "input_columns")}
+        run(config.load("train", args.config_path, overrides), args.config_path)
         return
-    loaded = config.load("preprocess", args.config_path, _preprocess_overrides(args))
+    overrides = _flag_overrides(args, PREPROCESS_FLAGS, "selected_columns")
+    loaded = config.load("preprocess", args.config_path, overrides)
     if args.command == "preprocess":
         from sequifier.preprocess import run
 

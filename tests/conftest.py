@@ -86,3 +86,10 @@ def run_cli(*args, cwd, check=False):
     if check and result.returncode != 0:
         raise AssertionError(f"sequifier {' '.join(map(str, args))} failed:\n{result.stderr}")
     return result
+
+
+def made_project(root: Path) -> Path:
+    """`sequifier make demo` in root, preprocessed with its own config: the walkthrough's project."""
+    run_cli("make", "demo", cwd=root, check=True)
+    run_cli("preprocess", cwd=root / "demo", check=True)
+    return root / "demo"

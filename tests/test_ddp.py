@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 import yaml
-from conftest import run_cli
+from conftest import made_project
 
 from sequifier import config, distributed
 from sequifier.export import load_bundle
@@ -25,10 +25,7 @@ def metrics(path) -> list:
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
-    run_cli("make", "demo", cwd=root, check=True)
-    run_cli("preprocess", cwd=root / "demo", check=True)
-    return root / "demo"
+    return made_project(tmp_path_factory.mktemp("ddp"))
 
 
 def test_torchrun_two_processes_train_one_model(made):

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import run_cli
+from conftest import made_project, run_cli
 from wandb_runs import find_runs, read_run
 
 from sequifier import config
@@ -32,9 +32,7 @@ def read_metrics(path) -> list:
 def made(tmp_path_factory):
     """A project made by `sequifier make`, preprocessed, trained once by the CLI with W&B offline."""
     root = tmp_path_factory.mktemp("train")
-    run_cli("make", "demo", cwd=root, check=True)
-    project = root / "demo"
-    run_cli("preprocess", cwd=project, check=True)
+    project = made_project(root)
     env = {**os.environ, "WANDB_MODE": "offline", "HOME": str(root), "WANDB_CONFIG_DIR": str(root / ".wandb")}
     result = subprocess.run(
         [sys.executable, "-m", "sequifier", "train"], cwd=project, capture_output=True, text=True, env=env
@@ -174,3 +172,18 @@ def test_ctrl_c_saves_a_checkpoint_and_training_resumes_from_it(made):
     epochs = [int(r["epoch"]) for r in read_metrics(made / "logs" / "sequifier-stopped-metrics.csv")]
     assert epochs == list(range(1, last + 2))
     assert (made / "models" / f"sequifier-stopped-last-{last + 1}.pt").exists()
+
+
+def test_streamed_and_bf16_runs_learn_like_the_default(made):
+    settings = {"training_spec.epochs": 2}
+    default = train_in_process(made, model_name="memory", **settings)
+    streamed = train_in_process(
+        made,
+        model_name="streamed",
+        **settings,
+        **{"training_spec.load_full_data_to_ram": False, "training_spec.shuffle_buffer_size": 300},
+    )
+    bf16 = train_in_process(made, model_name="bf16", **settings, **{"training_spec.mixed_precision": "bf16"})
+    for other in (streamed, bf16):
+        assert other["best_loss"] == pytest.approx(default["best_loss"], rel=0.03)
+        assert other["best_loss"] != default["best_loss"]

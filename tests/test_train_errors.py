@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli
+from conftest import made_project, run_cli
 
 from sequifier import config
 from sequifier.errors import SequifierError
@@ -14,10 +14,7 @@ from sequifier.train import run
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    root = tmp_path_factory.mktemp("errors")
-    run_cli("make", "demo", cwd=root, check=True)
-    run_cli("preprocess", cwd=root / "demo", check=True)
-    return root / "demo"
+    return made_project(tmp_path_factory.mktemp("errors"))
 
 
 def altered_metadata(made, change) -> str:
