@@ -8,6 +8,9 @@ values of the next item) or sequence_embedding, and holds its weights in the one
 
 import copy
 import logging
+import re
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -68,6 +71,20 @@ def example_inputs(args: ModelArgs, batch: int = 2) -> tuple:
     )
 
 
+@contextmanager
+def _quiet_exporter():
+    """The ONNX exporter's warnings (deprecations, optional torchvision ops) are not the user's business."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
 def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None:
     """Export with a dynamic batch axis, weights inside the file."""
     model = copy.deepcopy(model).cpu().float().train(dropout)
@@ -81,7 +98,7 @@ def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None
         else ["sequence_embedding"]
     )
     batch = torch.export.Dim("batch", min=1)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _quiet_exporter():
         torch.onnx.export(
             head,
             inputs,
@@ -93,3 +110,34 @@ def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None
             dynamo=True,
             verbose=False,
         )
+
+
+def export_run(plan, last: Transformer, best_state: dict | None, best_epoch: int, last_epoch: int) -> list:
+    """Write the best and last models of a training run as its config asks; returns the files.
+
+    The exports of an earlier run of the same model name are removed first, so the models folder
+    holds one best and one last model per name."""
+    config, written = plan.config, []
+    exported = re.compile(rf"sequifier-{re.escape(plan.name)}-(best|last)(-embedding)?-\d+\.(pt|onnx)$")
+    for stale in plan.models.glob(f"sequifier-{plan.name}-*"):
+        if exported.match(stale.name):
+            stale.unlink()
+    last = copy.deepcopy(last).cpu()
+    best = copy.deepcopy(last)
+    if best_state is None:
+        log.warning("no validation loss was finite; the best model is the last one")
+    else:
+        best.load_state_dict(best_state)
+    kinds = [kind for kind in ("generative", "embedding") if config[f"export_{kind}_model"]]
+    suffixes = [suffix for suffix in ("pt", "onnx") if config[f"export_{suffix}"]]
+    dropout = config["export_with_dropout"]
+    for label, model, epoch in (("best", best, best_epoch), ("last", last, last_epoch)):
+        for kind in kinds:
+            for suffix in suffixes:
+                path = plan.model_path(label, epoch, kind == "embedding", suffix)
+                if suffix == "pt":
+                    write_bundle(path, model, kind, epoch, config, plan.metadata, dropout)
+                else:
+                    write_onnx(path, model, kind, dropout)
+                written.append(path)
+    return written

@@ -5,11 +5,9 @@ epochs (train, validate, record, checkpoint), then the best and last models are 
 torchrun the model is wrapped in DistributedDataParallel and only rank 0 writes anything.
 """
 
-import copy
 import logging
 import math
 import os
-import re
 import sys
 import time
 from contextlib import nullcontext
@@ -22,7 +20,7 @@ from tqdm import tqdm
 from sequifier import checkpoint, distributed
 from sequifier.data import PAD, WindowSource, open_windows
 from sequifier.errors import ConfigError
-from sequifier.export import write_bundle, write_onnx
+from sequifier.export import export_run
 from sequifier.metrics import metric_columns, tracked, write_metrics
 from sequifier.model import Transformer
 from sequifier.objective import Objective, model_inputs
@@ -69,7 +67,6 @@ class Trainer:
         self.plan, self.process, self.config = plan, process, plan.config
         self.spec = spec = plan.config["training_spec"]
         self.device = process.device
-        self.optimizer_state = None
         torch.manual_seed(self.config["seed"])
         self.model = Transformer(plan.model_args()).to(self.device)
         self.optimizer = build_optimizer(self.model.parameters(), spec["optimizer"], spec["learning_rate"])
@@ -325,40 +322,8 @@ class Trainer:
     def export(self) -> list:
         if not self.process.main:
             return []
-        plan, config, written = self.plan, self.config, []
-        exported = re.compile(rf"sequifier-{re.escape(plan.name)}-(best|last)(-embedding)?-\d+\.(pt|onnx)$")
-        for stale in plan.models.glob(f"sequifier-{plan.name}-*"):
-            if exported.match(stale.name):  # the exports of an earlier run of this model
-                stale.unlink()
-        last = copy.deepcopy(self.model).cpu()
-        best = copy.deepcopy(last)
-        if self.progress.best_state is None:
-            log.warning("no validation loss was finite; the best model is the last one")
-        else:
-            best.load_state_dict(self.progress.best_state)
-        kinds = [
-            k
-            for k, on in (
-                ("generative", config["export_generative_model"]),
-                ("embedding", config["export_embedding_model"]),
-            )
-            if on
-        ]
-        dropout = config["export_with_dropout"]
-        for label, model, epoch in (
-            ("best", best, self.progress.best_epoch),
-            ("last", last, self.progress.epoch),
-        ):
-            for kind in kinds:
-                if config["export_pt"]:
-                    path = plan.model_path(label, epoch, kind == "embedding", "pt")
-                    write_bundle(path, model, kind, epoch, config, plan.metadata, dropout)
-                    written.append(path)
-                if config["export_onnx"]:
-                    path = plan.model_path(label, epoch, kind == "embedding", "onnx")
-                    write_onnx(path, model, kind, dropout)
-                    written.append(path)
-        return written
+        p = self.progress
+        return export_run(self.plan, self.model, p.best_state, p.best_epoch, p.epoch)
 
 
 def _log_to_file(plan: TrainPlan) -> logging.Handler:
