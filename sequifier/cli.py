@@ -172,7 +172,8 @@ def _dispatch(args) -> None:
 
 def main(argv=None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("sequifier").setLevel(logging.INFO)  # our progress; other libraries' warnings only
     from sequifier.errors import SequifierError
 
     try:

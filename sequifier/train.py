@@ -364,6 +364,11 @@ def run(loaded: dict, source: str = "train config") -> dict:
         trainer.check_replicas()
         written = trainer.export()
         p = trainer.progress
+        if process.main:
+            log.info(
+                "done: best epoch %d of %d (validation loss %.5f); %d model file(s) in %s; metrics in %s",
+                p.best_epoch, p.epoch, p.best_loss, len(written), plan.models, plan.metrics_path,
+            )  # fmt: skip
         return {"best_epoch": p.best_epoch, "best_loss": p.best_loss, "epochs": p.epoch, "models": written}
     finally:
         if handler is not None:
