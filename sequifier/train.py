@@ -189,7 +189,7 @@ class Trainer:
                 pending, p.batches_done = 0, i + 1
                 p.train_sums = {k: v.tolist() for k, v in sums.items()}
             if spec["log_interval"] and (i + 1) % spec["log_interval"] == 0:
-                rate = windows / (time.perf_counter() - started)
+                rate = windows * self.process.world / (time.perf_counter() - started)
                 self.record(epoch, i + 1, "interval", self.train_losses(sums), rate, tracker)
                 self.network.train()
         if pending:

@@ -1,3 +1,6 @@
+import json
+
+import yaml
 from snakemake.utils import validate
 
 from sequifier import config as stage_config
@@ -46,8 +49,13 @@ def split_output():
     return path if PREPROCESS_PLAN.merged else directory(path)
 
 
+def split_files():
+    """The windows of every split, as preprocess writes them (files, or folders of shards)."""
+    return [str(PREPROCESS_PLAN.split_path(k)) for k in SPLITS]
+
+
 def preprocess_outputs():
-    return [f"{RESULTS}/metadata.json", *(str(PREPROCESS_PLAN.split_path(k)) for k in SPLITS)]
+    return [f"{RESULTS}/metadata.json", *split_files()]
 
 
 def input_files():
@@ -78,3 +86,98 @@ def scan_input(wildcards):
     if PREPROCESS_PLAN.partitioned:
         return [parts_folder()]
     return [str(path) for path in PREPROCESS_PLAN.input_of(int(wildcards.part))]
+
+
+# -- training runs ------------------------------------------------------------------------------
+# A run is a wildcard with a stable id and its own resolved train config,
+# results/{experiment}/runs/{run}/train.yaml, the one file its train job reads. RUNS maps each id
+# to dotted-key overrides of the train config: one run, `default`, until a search space is given.
+RUNS = {"default": {}}
+
+
+wildcard_constraints:
+    run=r"[A-Za-z0-9_.-]+",
+
+
+def run_folder(run):
+    return f"{RESULTS}/runs/{run}"
+
+
+def run_path(name):
+    """A file or folder of a run, with the {run} wildcard."""
+    return f"{run_folder('{run}')}/{name}"
+
+
+def run_overrides(run):
+    """The run's search point, then where it reads and writes and how W&B names it."""
+    folder = run_folder(run)
+    return {
+        **RUNS[run],
+        "project_root": ".",
+        "model_name": run,
+        "metadata_config_path": f"{RESULTS}/metadata.json",
+        "models_path": f"{folder}/models",
+        "checkpoints_path": f"{folder}/checkpoints",
+        "logs_path": f"{folder}/logs",
+        "wandb.project": config["wandb"]["project"],
+        "wandb.group": config["wandb"]["group"] or EXPERIMENT,
+        "wandb.name": run,
+    }
+
+
+# Resolved (defaults filled) and validated now, so that a bad train config stops the workflow
+# before any job starts, with the file and the key named.
+RUN_CONFIGS = {run: stage_config.load("train", config["train"], run_overrides(run)) for run in RUNS}
+
+
+def resolved_run_config(wildcards):
+    return RUN_CONFIGS[wildcards.run]
+
+
+def in_schema_order(values, schema):
+    """The config with its keys in the order of the schema (then any others), to read like it."""
+    order = list(schema.get("properties", {}))
+    keys = [key for key in order if key in values] + [key for key in values if key not in order]
+    return {
+        key: in_schema_order(values[key], schema["properties"][key])
+        if isinstance(values[key], dict) and key in order
+        else values[key]
+        for key in keys
+    }
+
+
+def write_run_config(run, resolved, path, log):
+    """The run's train config, complete (every default filled in), as its train job reads it."""
+    with open(path, "w") as handle:
+        handle.write(f"# Train config of run {run}: {config['train']} resolved with the run's overrides.\n")
+        yaml.safe_dump(in_schema_order(resolved, stage_config.load_schema("train")), handle, sort_keys=False)
+    with open(log, "w") as handle:
+        handle.write(f"{path}: {config['train']} with {json.dumps(run_overrides(run))}\n")
+
+
+def train_outputs():
+    return expand(run_path("{kind}"), run=RUNS, kind=["models", "metrics.csv"])
+
+
+def train_device(wildcards, resources):
+    """cuda when the job has GPUs (the profile's `gpu` resource), else cpu."""
+    return "cuda" if resources.gpu >= 1 else "cpu"
+
+
+def train_launcher(wildcards, threads, resources):
+    """One process on the CPU or one GPU; torchrun with a process per GPU (DDP) when gpu > 1."""
+    if resources.gpu <= 1:
+        return "python -m sequifier"
+    return (
+        f"OMP_NUM_THREADS={max(1, threads // resources.gpu)} "
+        f"torchrun --standalone --nproc_per_node={resources.gpu} -m sequifier"
+    )
+
+
+def checkpoints_folder(wildcards):
+    return RUN_CONFIGS[wildcards.run]["checkpoints_path"]
+
+
+def package_metrics(wildcards):
+    """The metrics CSV that `sequifier train` rewrites after every validation."""
+    return f"{RUN_CONFIGS[wildcards.run]['logs_path']}/sequifier-{wildcards.run}-metrics.csv"

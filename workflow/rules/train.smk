@@ -1,0 +1,56 @@
+# Training as a DAG over runs: run_config {run} -> train {run}.
+# The gpu resource (0 here and in the default profile; 1 in the slurm profile) picks the device
+# and the launcher: python on the CPU or one GPU, torchrun with a process per GPU when gpu > 1.
+
+
+localrules:
+    run_config,
+
+
+rule run_config:
+    input:
+        train=config["train"],
+    output:
+        config=run_path("train.yaml"),
+    log:
+        log=f"{LOGS}/run_config/{{run}}.log",
+    params:
+        resolved=resolved_run_config,
+    run:
+        write_run_config(wildcards.run, params.resolved, output.config, log.log)
+
+
+# A job that is killed or times out leaves its checkpoints, and the next attempt resumes from the
+# last one (continue_training). Only then: the stamp of the inputs (run config, metadata, GPU
+# count) lives in the checkpoints folder while a run is unfinished, and checkpoints without the
+# same stamp are dropped, so a changed, forced or finished run trains from scratch. The metrics CSV
+# is copied into place last: the outputs are complete only when training and export are.
+rule train:
+    input:
+        config=run_path("train.yaml"),
+        metadata=f"{RESULTS}/metadata.json",
+        splits=split_files(),
+    output:
+        models=directory(run_path("models")),
+        metrics=run_path("metrics.csv"),
+    log:
+        f"{LOGS}/train/{{run}}.log",
+    params:
+        launch=train_launcher,
+        device=train_device,
+        checkpoints=checkpoints_folder,
+        metrics=package_metrics,
+    threads: 4
+    resources:
+        gpu=0,
+    conda:
+        CONDA_ENV
+    shell:
+        "stamp=$( (cat {input.config} {input.metadata}; echo gpu={resources.gpu}) | cksum); "
+        'if [ "$(cat {params.checkpoints}/inputs.cksum 2>/dev/null)" != "$stamp" ]; then '
+        'rm -rf {params.checkpoints}; mkdir -p {params.checkpoints}; echo "$stamp" > {params.checkpoints}/inputs.cksum; '
+        "fi; "
+        "{params.launch} train --config-path {input.config} --set training_spec.device={params.device} "
+        "--set training_spec.continue_training=true > {log} 2>&1; "
+        "cp {params.metrics} {output.metrics}.tmp && mv {output.metrics}.tmp {output.metrics}; "
+        "rm {params.checkpoints}/inputs.cksum"
