@@ -20,6 +20,37 @@ FORMAT = "sequifier-checkpoint/1"
 NAME = re.compile(r"sequifier-(?P<model>.+)-epoch-(?P<epoch>\d+)(?:-batch-(?P<batch>\d+))?\.pt$")
 
 
+# Keys that may change between a run and its continuation: how long and where it runs, what it
+# writes and logs. Every other key must be the same, or the continuation is another experiment.
+RESUMABLE = (
+    "project_root", "preprocess_config_path", "metadata_config_path", "inference_batch_size", "export_",
+    "models_path", "checkpoints_path", "logs_path", "wandb.", "training_spec.epochs",
+    "training_spec.continue_training", "training_spec.device", "training_spec.num_workers",
+    "training_spec.log_interval", "training_spec.save_interval_epochs", "training_spec.early_stopping_epochs",
+    "training_spec.class_share_log_columns",
+)  # fmt: skip
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict) and key not in ("optimizer", "scheduler", "criterion"):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_differences(saved: dict, current: dict) -> list:
+    """'key: saved -> current' for every setting that changes what is trained."""
+    old, new = _flat(saved), _flat(current)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key) and not key.startswith(RESUMABLE)
+    ]
+
+
 def checkpoint_file(folder: Path, model_name: str, epoch: int, batches_done: int = 0) -> Path:
     batch = f"-batch-{batches_done}" if batches_done else ""
     return folder / f"sequifier-{model_name}-epoch-{epoch}{batch}.pt"

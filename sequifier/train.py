@@ -96,10 +96,16 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = checkpoint.load(path)
-        if state["model_args"] != self.model.args.to_dict():
+        changed = checkpoint.config_differences(state["config"], self.config)
+        if state["metadata"] != self.plan.metadata:
+            changed.append(f"the metadata ({self.plan.metadata_path}) is not the one trained with")
+        if state["progress"]["batches_done"] and state["world"] != self.process.world:
+            changed.append(f"processes: {state['world']} -> {self.process.world} in the middle of an epoch")
+        if changed:
             raise ConfigError(
-                f"{self.plan.source}: cannot resume from {path}: it was trained with another model_spec or "
-                "data; set training_spec.continue_training: false or use another model_name"
+                f"{self.plan.source}: cannot resume from {path}, it was trained otherwise: "
+                f"{'; '.join(changed)}; set training_spec.continue_training: false to start anew, "
+                "or use another model_name"
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -121,6 +127,8 @@ class Trainer:
             {
                 "model_args": self.model.args.to_dict(),
                 "config": self.config,
+                "metadata": self.plan.metadata,
+                "world": self.process.world,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,

@@ -152,3 +152,28 @@ def test_cli_reports_a_bad_train_config_in_one_line(made):
         "sequifier train: error: configs/train.yaml: "
         "model_spec.n_head: 5 does not divide model_spec.dim_model (32)"
     )
+
+
+def test_resuming_with_other_settings_is_refused_and_names_them(made):
+    settings = {
+        "project_root": str(made),
+        "model_name": "changed",
+        "export_onnx": False,
+        "wandb.mode": "disabled",
+    }
+    path = made / "configs" / "train.yaml"
+    run(config.load("train", path, {**settings, "training_spec.epochs": 1}))
+    resume = {**settings, "training_spec.epochs": 2, "training_spec.continue_training": True}
+    with pytest.raises(SequifierError) as raised:
+        run(
+            config.load(
+                "train", path, {**resume, "training_spec.learning_rate": 0.01, "model_spec.dim_model": 16}
+            )
+        )
+    message = str(raised.value)
+    assert "sequifier-changed-epoch-1.pt, it was trained otherwise" in message
+    assert (
+        "model_spec.dim_model: 32 -> 16;" in message
+        and "training_spec.learning_rate: 0.003 -> 0.01;" in message
+    )
+    assert run(config.load("train", path, resume))["epochs"] == 2  # more epochs: a continuation
