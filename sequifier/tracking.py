@@ -65,7 +65,15 @@ def resolve_mode(settings: Mapping | None, environ: Mapping[str, str], home: Pat
 class Tracker:
     """Logs a training run to W&B; every method is a no-op when tracking is off or never started."""
 
-    def __init__(self, settings: dict | None, config: dict, run_dir: Path, active: bool = True):
+    def __init__(
+        self,
+        settings: dict | None,
+        config: dict,
+        run_dir: Path,
+        active: bool = True,
+        run_id: str | None = None,
+    ):
+        """`run_id` continues that W&B run (a resumed training) instead of starting a new one."""
         self._run = None
         self._directory: Path | None = None
         self.mode = "disabled"
@@ -90,6 +98,8 @@ class Tracker:
                 dir=str(run_dir),
                 mode=self.mode,
                 reinit="create_new",
+                id=run_id,
+                resume="allow" if run_id else None,
                 settings=wandb.Settings(silent=True, console="off", save_code=False),
             )
         except Exception as error:  # tracking must never stop training
@@ -98,6 +108,10 @@ class Tracker:
             return
         self._directory = Path(self._run.settings.sync_dir)
         logger.info("W&B tracking (%s) in %s", self.mode, self.directory)
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.id if self._run is not None else None
 
     @property
     def active(self) -> bool:

@@ -86,6 +86,7 @@ class Trainer:
             window_source(plan, plan.validation_path), in_ram, buffer, readahead
         )
         self.progress = Progress()
+        self.wandb_id = None  # the W&B run, continued on resume
         self.columns = metric_columns(plan.config["target_columns"])
         self.network = torch.compile(self.model) if spec["compile"] else self.model
         if process.distributed:
@@ -113,6 +114,7 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        self.wandb_id = state.get("wandb_id")
         if self.progress.batches_done:
             checkpoint.restore_random_states(state["random"])
         log.info("resuming from %s (epoch %d done)", path, self.progress.epoch)
@@ -129,6 +131,7 @@ class Trainer:
                 "config": self.config,
                 "metadata": self.plan.metadata,
                 "world": self.process.world,
+                "wandb_id": self.wandb_id,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
@@ -367,7 +370,8 @@ def run(loaded: dict, source: str = "train config") -> dict:
             len(trainer.validation_data),
             process.world,
         )
-        with Tracker(plan.config["wandb"], plan.config, plan.logs, active=process.main) as tracker:
+        with Tracker(plan.config["wandb"], plan.config, plan.logs, process.main, trainer.wandb_id) as tracker:
+            trainer.wandb_id = tracker.run_id
             trainer.fit(tracker)
         trainer.check_replicas()
         written = trainer.export()

@@ -187,3 +187,16 @@ def test_streamed_and_bf16_runs_learn_like_the_default(made):
     for other in (streamed, bf16):
         assert other["best_loss"] == pytest.approx(default["best_loss"], rel=0.03)
         assert other["best_loss"] != default["best_loss"]
+
+
+def test_a_resumed_training_continues_its_wandb_run(made, monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path))
+    settings = {"model_name": "tracked", "wandb.mode": "offline", "logs_path": "logs-tracked"}
+    train_in_process(made, **settings, **{"training_spec.epochs": 1})
+    resume = {"training_spec.epochs": 2, "training_spec.continue_training": True}
+    train_in_process(made, **settings, **resume)
+    first, second = find_runs(made / "logs-tracked")
+    assert first.name.split("-")[-1] == second.name.split("-")[-1]  # one run id
+    logged = [h["epoch"] for folder in (first, second) for h in read_run(folder)["history"]]
+    assert logged == [1, 2]
