@@ -8,6 +8,9 @@ is found by its name.
 
 import random
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +67,31 @@ def latest(folder: Path, model_name: str) -> Path | None:
         if match and match["model"] == model_name:
             found.append((int(match["epoch"]), int(match["batch"] or 0), path))
     return max(found)[2] if found else None
+
+
+def remove_partial(folder: Path, model_name: str) -> None:
+    """Remove the checkpoints written within an epoch (on Ctrl-C)."""
+    for path in folder.glob(f"sequifier-{model_name}-epoch-*-batch-*.pt") if folder.is_dir() else []:
+        match = NAME.match(path.name)
+        if match and match["model"] == model_name:
+            path.unlink()
+
+
+@contextmanager
+def uninterrupted():
+    """Ctrl-C inside the block takes effect at its end, so the state a checkpoint saves is never
+    half updated (an optimizer step without its bookkeeping). Outside the main thread: no effect."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
 
 
 def random_states() -> dict:

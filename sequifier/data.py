@@ -45,6 +45,11 @@ class WindowSource:
             return files
         if not self.path.is_file():
             raise DataError(f"{self.path}: windows not found; run `sequifier preprocess` first")
+        if self.path.suffix != f".{self.fmt}":
+            raise DataError(
+                f"{self.path}: read_format is {self.fmt}, but the file is '{self.path.suffix}'; set "
+                "read_format to the format preprocess wrote (null takes the metadata's)"
+            )
         return [self.path]
 
 
@@ -60,10 +65,7 @@ def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table) -> dict:
                 f"{file}: windows hold the columns {head}, but the metadata lists {list(source.columns)}; "
                 "the metadata file does not match the data"
             )
-    values = np.stack(
-        [table.column(name).to_numpy().astype(np.float64) for name in value_columns(source.seq_length)],
-        axis=1,
-    )
+    values = np.stack([table.column(name).to_numpy() for name in value_columns(source.seq_length)], axis=1)
     blocks = {name: values[c::n_columns] for c, name in enumerate(source.columns)}
     return _finish_chunk(source, file, blocks)
 
@@ -108,7 +110,9 @@ def read_chunks(source: WindowSource, file: Path):
             for batch in handle.iter_batches(batch_size=rows, columns=names):
                 yield _numpy_chunk(source, file, pa.Table.from_batches([batch]))
         elif source.fmt == "csv":
-            reader = pacsv.open_csv(file, convert_options=pacsv.ConvertOptions(strings_can_be_null=False))
+            types = {name: pa.float64() for name in value_columns(source.seq_length)}  # never inferred
+            convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+            reader = pacsv.open_csv(file, convert_options=convert)
             _value_names_check(source, file, reader.schema.names)
             tables = (pa.Table.from_batches([batch]) for batch in reader)
             for table in rechunk(tables, rows):
@@ -154,16 +158,31 @@ class InMemoryWindows:
     """All windows as contiguous tensors; batches are taken by index."""
 
     def __init__(self, source: WindowSource):
-        chunks = [chunk for file in source.files() for chunk in read_chunks(source, file)]
-        if not chunks:
-            raise DataError(f"{source.path}: holds no windows")
-        self.tensors = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]}
-        self.size = len(self.tensors[PAD])
+        chunks = (chunk for file in source.files() for chunk in read_chunks(source, file))
+        if source.fmt == "parquet":  # counted from the footers: filled in place, no second copy
+            self.tensors = _filled(chunks, count_windows(source))
+        else:
+            chunks = list(chunks)
+            self.tensors = {key: torch.cat([c[key] for c in chunks]) for key in chunks[0]} if chunks else {}
+        self.size = len(self.tensors[PAD]) if self.tensors else 0
         if self.size == 0:
             raise DataError(f"{source.path}: holds no windows")
 
     def __len__(self) -> int:
         return self.size
+
+    def to(self, device: torch.device) -> None:
+        """Keep the windows on the GPU when they fit (batches are then gathered there), else pin them."""
+        if device.type != "cuda":
+            return
+        try:
+            self.tensors = {key: tensor.to(device) for key, tensor in self.tensors.items()}
+        except torch.OutOfMemoryError:
+            self.tensors = {key: tensor.cpu().pin_memory() for key, tensor in self.tensors.items()}
+
+    def batch_count(self, batch_size: int, *, shuffle: bool, rank=0, world=1) -> int:
+        share = self.size // world if shuffle else len(range(rank, self.size, world))
+        return -(-share // batch_size)
 
     def batches(
         self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank=0, world=1, skip=0
@@ -173,9 +192,22 @@ class InMemoryWindows:
             order = order[rank::world][: self.size // world]
         else:
             order = torch.arange(rank, self.size, world)
+        order = order.to(self.tensors[PAD].device)
         for start in range(skip * batch_size, len(order), batch_size):
             index = order[start : start + batch_size]
             yield {key: tensor[index] for key, tensor in self.tensors.items()}
+
+
+def _filled(chunks, total: int) -> dict:
+    tensors, at = {}, 0
+    for chunk in chunks:
+        n = len(chunk[PAD])
+        if not tensors:
+            tensors = {k: torch.empty((total, *v.shape[1:]), dtype=v.dtype) for k, v in chunk.items()}
+        for key, value in chunk.items():
+            tensors[key][at : at + n] = value
+        at += n
+    return {key: tensor[:at] for key, tensor in tensors.items()}
 
 
 class StreamedWindows:
@@ -191,6 +223,11 @@ class StreamedWindows:
         if self._size is None:
             self._size = count_windows(self.source)
         return self._size
+
+    def batch_count(self, batch_size: int, *, shuffle: bool, rank=0, world=1) -> int:
+        if shuffle:
+            return -(-(len(self) // world) // batch_size)
+        return -1  # validation: not needed (and not counted, to save a pass over the files)
 
     def _chunks(self, order):
         chunks = (chunk for i in order for chunk in read_chunks(self.source, self.files[i]))

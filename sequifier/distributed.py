@@ -4,6 +4,7 @@ torchrun sets RANK, WORLD_SIZE and LOCAL_RANK; without them training runs in one
 nccl on cuda, gloo on cpu. Only rank 0 logs, checkpoints and exports.
 """
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -11,6 +12,8 @@ import torch
 import torch.distributed as dist
 
 from sequifier.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -28,12 +31,17 @@ class Process:
         return self.world > 1
 
 
-def _device(name: str, local_rank: int, source: str) -> torch.device:
+def _device(name: str, local_rank: int, world: int, source: str) -> torch.device:
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
                 f"{source}: training_spec.device: '{name}', but torch finds no CUDA GPU on this machine "
                 f"(torch {torch.__version__}); set training_spec.device: cpu"
+            )
+        if ":" in name and world > 1:
+            raise ConfigError(
+                f"{source}: training_spec.device: '{name}' names one GPU, but torchrun started {world} "
+                "processes; set device: cuda (each process takes the GPU of its LOCAL_RANK)"
             )
         index = local_rank if ":" not in name else int(name.split(":")[1])
         if index >= torch.cuda.device_count():
@@ -52,7 +60,7 @@ def start(device: str, source: str) -> Process:
     """Join the process group when launched by torchrun; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = _device(device, local_rank, source)
+    chosen = _device(device, local_rank, world, source)
     if world > 1 and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)
@@ -80,3 +88,14 @@ def all_extremes(process: Process, value: torch.Tensor) -> tuple:
         dist.all_reduce(low, op=dist.ReduceOp.MIN)
         dist.all_reduce(high, op=dist.ReduceOp.MAX)
     return low.item(), high.item()
+
+
+def check_replicas(process: Process, model: torch.nn.Module) -> None:
+    """Under DDP every rank must end with the same weights: say so, or fail loudly."""
+    if not process.distributed:
+        return
+    checksum = sum(p.detach().double().sum() for p in model.parameters()).reshape(1)
+    low, high = all_extremes(process, checksum)
+    if low != high:
+        raise RuntimeError(f"DDP ranks diverged: weight checksums from {low!r} to {high!r}")
+    log.info("the %d ranks end with identical weights (checksum %.10g)", process.world, high)

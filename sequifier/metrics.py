@@ -46,3 +46,11 @@ def tracked(row: dict) -> dict:
                 key = f"{split}/{key[len(split) + 1 :]}"
         out[key] = value
     return {**out, "epoch": row["epoch"]}
+
+
+def class_shares(counts, id_map: dict, top: int = 10) -> dict:
+    """The `top` most predicted classes and their shares, named by their original values."""
+    names = {index: value for value, index in id_map.items()}
+    total = max(int(counts.sum()), 1)
+    order = sorted(range(len(counts)), key=lambda i: -int(counts[i]))[:top]
+    return {str(names.get(i, i)): int(counts[i]) / total for i in order}

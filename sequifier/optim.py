@@ -8,6 +8,7 @@ torch objects and report every bad setting as a `ConfigError`.
 import difflib
 import inspect
 import math
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -138,6 +139,9 @@ def _pick(path: str, kind: str, name: Any, classes: dict[str, type]) -> type:
     raise ConfigError(f"{path}: unknown {kind} {name!r}{hint} allowed: {', '.join(allowed)}")
 
 
+TRIAL_STEPS = 3  # steps of the throwaway schedule
+
+
 def _construct(path: str, cls: type, first: Any, kwargs: dict[str, Any]) -> Any:
     """`cls(first, **kwargs)`, with an unknown keyword or a bad value reported as a ConfigError."""
     parameters = inspect.signature(cls).parameters
@@ -151,7 +155,7 @@ def _construct(path: str, cls: type, first: Any, kwargs: dict[str, Any]) -> Any:
             )
     try:
         return cls(first, **kwargs)
-    except (TypeError, ValueError, ArithmeticError) as err:
+    except Exception as err:  # whatever the constructor raises on a bad value is a bad config
         message = str(err).replace("\n", " ")
         raise ConfigError(f"{path}: {cls.__name__}({kwargs}) is invalid: {message}") from None
 
@@ -180,9 +184,29 @@ def build_optimizer(parameters: Iterable, spec: dict, learning_rate: float) -> O
 
 
 def build_scheduler(optimizer: Optimizer, spec: dict | None) -> lr_scheduler.LRScheduler | None:
-    """The scheduler of `spec` (a `torch.optim.lr_scheduler` class or LinearWarmup), with optional warm-up."""
+    """The scheduler of `spec` (a `torch.optim.lr_scheduler` class or LinearWarmup), with optional warm-up.
+
+    A throwaway copy is stepped a few times first: some values fail only when the schedule steps
+    (StepLR with step_size 0), and that must be found before training, not after an epoch."""
     if spec is None:
         return None
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    trial = _build_scheduler(probe, spec)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for _ in range(TRIAL_STEPS):
+                probe.step()
+                trial.step()
+    except Exception as err:
+        message = str(err).replace("\n", " ")
+        raise ConfigError(
+            f"training_spec.scheduler: {spec} fails when stepped: {type(err).__name__}: {message}"
+        ) from None
+    return _build_scheduler(optimizer, spec)
+
+
+def _build_scheduler(optimizer: Optimizer, spec: dict) -> lr_scheduler.LRScheduler:
     path = "training_spec.scheduler"
     kwargs = _kwargs(path, spec)
     name = kwargs.pop("name", None)

@@ -18,10 +18,10 @@ import torch
 from tqdm import tqdm
 
 from sequifier import checkpoint, distributed
-from sequifier.data import PAD, WindowSource, open_windows
+from sequifier.data import PAD, open_windows
 from sequifier.errors import ConfigError
 from sequifier.export import export_run
-from sequifier.metrics import metric_columns, tracked, write_metrics
+from sequifier.metrics import class_shares, metric_columns, tracked, write_metrics
 from sequifier.model import Transformer
 from sequifier.objective import Objective, model_inputs
 from sequifier.optim import build_optimizer, build_scheduler
@@ -43,23 +43,10 @@ class Progress:
     best_epoch: int = 0
     best_state: dict | None = None
     stale_epochs: int = 0
+    pending_record: int = 0  # the batch whose interval validation was interrupted
     elapsed: float = 0.0
     train_sums: dict = field(default_factory=dict)  # of the epoch under way
     rows: list = field(default_factory=list)
-
-
-def window_source(plan: TrainPlan, path: Path) -> WindowSource:
-    metadata, config = plan.metadata, plan.config
-    keep = tuple(dict.fromkeys([*config["input_columns"], *config["target_columns"]]))
-    return WindowSource(
-        path,
-        config["read_format"],
-        tuple(metadata["columns"]),
-        metadata["column_types"],
-        metadata["n_classes"],
-        keep,
-        config["seq_length"],
-    )
 
 
 class Trainer:
@@ -69,8 +56,13 @@ class Trainer:
         self.device = process.device
         torch.manual_seed(self.config["seed"])
         self.model = Transformer(plan.model_args()).to(self.device)
-        self.optimizer = build_optimizer(self.model.parameters(), spec["optimizer"], spec["learning_rate"])
-        self.scheduler = build_scheduler(self.optimizer, spec["scheduler"])
+        try:
+            self.optimizer = build_optimizer(
+                self.model.parameters(), spec["optimizer"], spec["learning_rate"]
+            )
+            self.scheduler = build_scheduler(self.optimizer, spec["scheduler"])
+        except ConfigError as error:
+            raise ConfigError(f"{plan.source}: {error}") from None
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
         self.objective = Objective(
@@ -81,12 +73,16 @@ class Trainer:
             spec["shuffle_buffer_size"],
             spec["num_workers"],
         )
-        self.train_data = open_windows(window_source(plan, plan.train_path), in_ram, buffer, readahead)
+        self.train_data = open_windows(plan.window_source(plan.train_path), in_ram, buffer, readahead)
         self.validation_data = open_windows(
-            window_source(plan, plan.validation_path), in_ram, buffer, readahead
+            plan.window_source(plan.validation_path), in_ram, buffer, readahead
         )
+        if in_ram:
+            self.train_data.to(self.device)
+            self.validation_data.to(self.device)
         self.progress = Progress()
         self.wandb_id = None  # the W&B run, continued on resume
+        self.validation_seconds = 0.0
         self.columns = metric_columns(plan.config["target_columns"])
         self.network = torch.compile(self.model) if spec["compile"] else self.model
         if process.distributed:
@@ -98,9 +94,9 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = checkpoint.load(path)
         changed = checkpoint.config_differences(state["config"], self.config)
-        if state["metadata"] != self.plan.metadata:
+        if state.get("metadata") != self.plan.metadata:
             changed.append(f"the metadata ({self.plan.metadata_path}) is not the one trained with")
-        if state["progress"]["batches_done"] and state["world"] != self.process.world:
+        if state["progress"]["batches_done"] and state.get("world") != self.process.world:
             changed.append(f"processes: {state['world']} -> {self.process.world} in the middle of an epoch")
         if changed:
             raise ConfigError(
@@ -124,6 +120,8 @@ class Trainer:
             return
         p = self.progress
         path = checkpoint.checkpoint_file(self.plan.checkpoints, self.plan.name, p.epoch, p.batches_done)
+        if p.batches_done == 0:  # an epoch's end: the checkpoints from within epochs are superseded
+            checkpoint.remove_partial(self.plan.checkpoints, self.plan.name)
         checkpoint.save(
             path,
             {
@@ -158,58 +156,63 @@ class Trainer:
         if self.scheduler is not None and self.spec["scheduler_step_on"] == "batch":
             self.scheduler.step()
 
+    def _group_seed(self, epoch: int, first_batch: int) -> int:
+        """Dropout is seeded per optimizer step, so a resumed run draws what an uninterrupted one would."""
+        return hash((self.config["seed"], epoch, first_batch, self.process.rank)) & 0x7FFF_FFFF_FFFF_FFFF
+
     def train_epoch(self, epoch: int, tracker: Tracker) -> tuple:
-        self.network.train()
+        """Train on the epoch's batches from where the progress stands; returns the train losses and
+        the windows per second (all processes, without validation time)."""
         p, spec, accumulate = self.progress, self.spec, self.spec["accumulation_steps"]
+        rank, world = self.process.rank, self.process.world
         if p.batches_done == 0:
-            torch.manual_seed(self.config["seed"] * 7919 + epoch * 104729 + self.process.rank)
             p.train_sums = {}
-        sums = {k: torch.tensor(v, device=self.device) for k, v in p.train_sums.items()}
+        sums = {k: v.to(self.device) for k, v in p.train_sums.items()}
+        if p.pending_record:  # interrupted while validating at that batch: validate first
+            self.record(epoch, p.pending_record, "interval", self._reduce(sums), math.nan, tracker)
+            p.pending_record = 0
+        total = self.train_data.batch_count(spec["batch_size"], shuffle=True, rank=rank, world=world)
         batches = self.train_data.batches(
-            spec["batch_size"],
-            shuffle=True,
-            seed=self.config["seed"],
-            epoch=epoch,
-            rank=self.process.rank,
-            world=self.process.world,
+            spec["batch_size"], shuffle=True, seed=self.config["seed"], epoch=epoch, rank=rank, world=world,
             skip=p.batches_done,
-        )
-        started, windows, pending = time.perf_counter(), 0, 0
-        bar = tqdm(
-            batches,
-            desc=f"epoch {epoch}",
-            unit="batch",
-            leave=False,
-            disable=not (self.process.main and sys.stderr.isatty()),
-        )
+        )  # fmt: skip
+        quiet = not (self.process.main and sys.stderr.isatty())
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet, total=total)
+        self.network.train()
+        started, validating, windows = time.perf_counter(), self.validation_seconds, 0
         for i, batch in enumerate(bar, start=p.batches_done):
-            pending += 1
-            sync = pending == accumulate
+            first = i - i % accumulate
+            group = min(accumulate, total - first)  # the last group of an epoch may be smaller
+            if i == first:
+                torch.manual_seed(self._group_seed(epoch, first))
+            sync = i == first + group - 1
             no_sync = self.network.no_sync() if self.process.distributed and not sync else nullcontext()
             with no_sync:
                 with self._autocast():
                     outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
                 losses = self.objective.losses(outputs, batch)
-                self.scaler.scale(self.objective.total(losses) / accumulate).backward()
-            for name, (total, count) in losses.items():
-                stacked = torch.stack([total.detach(), count.detach()])
+                self.scaler.scale(self.objective.total(losses) / group).backward()
+            for name, (loss, count) in losses.items():
+                stacked = torch.stack([loss.detach(), count.detach()])
                 sums[name] = sums[name] + stacked if name in sums else stacked
             windows += len(batch[PAD])
-            if sync:
+            if not sync:
+                continue
+            with checkpoint.uninterrupted():
                 self._step()
-                pending, p.batches_done = 0, i + 1
-                p.train_sums = {k: v.tolist() for k, v in sums.items()}
-            if spec["log_interval"] and (i + 1) % spec["log_interval"] == 0:
-                rate = windows * self.process.world / (time.perf_counter() - started)
-                self.record(epoch, i + 1, "interval", self.train_losses(sums), rate, tracker)
+                before, p.batches_done, p.train_sums = p.batches_done, i + 1, dict(sums)
+            interval = spec["log_interval"]
+            if interval and (i + 1) // interval > before // interval and i + 1 < total:
+                seconds = time.perf_counter() - started - (self.validation_seconds - validating)
+                p.pending_record = i + 1
+                self.record(epoch, i + 1, "interval", self._reduce(sums), windows * world / seconds, tracker)
+                p.pending_record = 0
                 self.network.train()
-        if pending:
-            self._step()
-        rate = windows * self.process.world / max(time.perf_counter() - started, 1e-9)
-        p.batches_done = 0
-        return self.train_losses(sums), rate
+        seconds = time.perf_counter() - started - (self.validation_seconds - validating)
+        return self._reduce(sums), (windows * world / seconds if windows else math.nan)
 
     def _reduce(self, sums: dict) -> tuple:
+        """(total, {target: loss}) from per-target (loss sum, normalizer), summed over the processes."""
         names = self.config["target_columns"]
         stacked = torch.stack([sums.get(n, torch.zeros(2, device=self.device)) for n in names])
         stacked = distributed.all_sum(self.process, stacked).tolist()
@@ -217,37 +220,37 @@ class Trainer:
         weights = self.spec["loss_weights"]
         return sum(weights[n] * per_target[n] for n in names), per_target
 
-    def train_losses(self, sums: dict) -> tuple:
-        return self._reduce(
-            {k: v.to(self.device) if torch.is_tensor(v) else torch.tensor(v) for k, v in sums.items()}
-        )
-
     @torch.no_grad()
     def validate(self) -> tuple:
-        model = self.model.eval()
-        sums, shares = {}, {name: None for name in self.spec["class_share_log_columns"]}
-        for batch in self.validation_data.batches(
-            self.config["inference_batch_size"],
-            shuffle=False,
-            rank=self.process.rank,
-            world=self.process.world,
-        ):
+        """(total, {target: loss}, {column: predicted class counts}) over the whole validation split."""
+        started, model = time.perf_counter(), self.model.eval()
+        sums, counts = {}, {name: None for name in self.spec["class_share_log_columns"]}
+        rank, world = self.process.rank, self.process.world
+        batches = self.validation_data.batches(
+            self.config["inference_batch_size"], shuffle=False, rank=rank, world=world
+        )
+        for batch in batches:
             with self._autocast():
                 outputs = model(model_inputs(batch, self.config["input_columns"], self.device))
             for name, (total, count) in self.objective.losses(outputs, batch).items():
                 stacked = torch.stack([total, count])
                 sums[name] = sums[name] + stacked if name in sums else stacked
-            for name in shares:
-                predicted = outputs[name][:, -1].argmax(-1)
-                counts = torch.bincount(predicted, minlength=outputs[name].shape[-1])
-                shares[name] = counts if shares[name] is None else shares[name] + counts
+            for name in counts:
+                found = torch.bincount(outputs[name][:, -1].argmax(-1), minlength=outputs[name].shape[-1])
+                counts[name] = found if counts[name] is None else counts[name] + found
+        counts = {
+            name: distributed.all_sum(self.process, found if found is not None else torch.zeros(0)).cpu()
+            for name, found in counts.items()
+        }
         total, per_target = self._reduce(sums)
-        return total, per_target, shares
+        self.validation_seconds += time.perf_counter() - started
+        return total, per_target, counts
 
     # -- records --------------------------------------------------------------------------------
 
     def record(self, epoch: int, batch: int, kind: str, train: tuple, rate: float, tracker: Tracker) -> float:
-        validation, per_target, shares = self.validate()
+        """Validate, then write a metrics row (CSV, W&B, log); returns the validation loss."""
+        validation, per_target, counts = self.validate()
         p = self.progress
         row = {
             "epoch": epoch,
@@ -258,32 +261,29 @@ class Trainer:
         }
         row.update({f"train_loss_{n}": v for n, v in train[1].items()})
         row.update({f"validation_loss_{n}": v for n, v in per_target.items()})
-        row.update(
-            {
-                "learning_rate": self.optimizer.param_groups[0]["lr"],
-                "windows_per_s": rate,
-                "elapsed_s": p.elapsed + time.perf_counter() - self.started,
-            }
-        )
-        p.rows.append(row)
-        if self.process.main:
-            write_metrics(self.plan.metrics_path, self.columns, p.rows)
-            tracker.log(tracked(row), step=p.steps)
+        row["learning_rate"] = self.optimizer.param_groups[0]["lr"]
+        row["windows_per_s"] = rate
+        row["elapsed_s"] = p.elapsed + time.perf_counter() - self.started
+        p.rows = [r for r in p.rows if (r["epoch"], r["batch"]) != (epoch, batch)] + [
+            row
+        ]  # once, on resume too
+        if not self.process.main:
+            return validation
+        write_metrics(self.plan.metrics_path, self.columns, p.rows)
+        logged = tracked(row)
+        for name, found in counts.items():
+            shares = class_shares(found, self.plan.metadata["id_maps"].get(name, {}))
             log.info(
-                "epoch %d batch %d: train loss %.5f, validation loss %.5f", epoch, batch, train[0], validation
+                "predicted class shares of %s: %s",
+                name,
+                ", ".join(f"{k}: {v:.3f}" for k, v in shares.items()),
             )
-            self._log_shares(shares, tracker)
+            logged.update({f"class_share/{name}/{value}": share for value, share in shares.items()})
+        tracker.log(logged, step=p.steps)
+        log.info(
+            "epoch %d batch %d: train loss %.5f, validation loss %.5f", epoch, batch, train[0], validation
+        )
         return validation
-
-    def _log_shares(self, shares: dict, tracker: Tracker) -> None:
-        for name, counts in shares.items():
-            values = {v: k for k, v in self.plan.metadata["id_maps"].get(name, {}).items()}
-            top = torch.topk(counts.float() / counts.sum().clamp(min=1), min(10, len(counts)))
-            text = ", ".join(
-                f"{values.get(int(i), int(i))}: {s:.3f}"
-                for s, i in zip(top.values.tolist(), top.indices.tolist())
-            )
-            log.info("predicted class shares of %s (top %d): %s", name, len(top.values), text)
 
     # -- the epochs -----------------------------------------------------------------------------
 
@@ -294,14 +294,17 @@ class Trainer:
             for epoch in range(p.epoch + 1, spec["epochs"] + 1):
                 train, rate = self.train_epoch(epoch, tracker)
                 validation = self.record(epoch, 0, "epoch", train, rate, tracker)
-                p.epoch = epoch
-                if validation < p.best_loss:
-                    p.best_loss, p.best_epoch, p.stale_epochs = validation, epoch, 0
-                    p.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
-                else:
-                    p.stale_epochs += 1
-                if self.scheduler is not None and spec["scheduler_step_on"] == "epoch":
-                    self.scheduler.step()
+                with checkpoint.uninterrupted():  # the epoch's end, all or nothing
+                    p.epoch, p.batches_done = epoch, 0
+                    if validation < p.best_loss:
+                        p.best_loss, p.best_epoch, p.stale_epochs = validation, epoch, 0
+                        p.best_state = {
+                            k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
+                        }
+                    else:
+                        p.stale_epochs += 1
+                    if self.scheduler is not None and spec["scheduler_step_on"] == "epoch":
+                        self.scheduler.step()
                 stop = (
                     spec["early_stopping_epochs"] is not None
                     and p.stale_epochs >= spec["early_stopping_epochs"]
@@ -319,16 +322,6 @@ class Trainer:
             self.save_checkpoint()
             raise
         tracker.summary({"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch})
-
-    def check_replicas(self) -> None:
-        """Under DDP, every rank must end with the same weights; say so, or fail loudly."""
-        if not self.process.distributed:
-            return
-        checksum = sum(p.detach().double().sum() for p in self.model.parameters()).reshape(1)
-        low, high = distributed.all_extremes(self.process, checksum)
-        if low != high:
-            raise RuntimeError(f"DDP ranks diverged: weight checksums from {low!r} to {high!r}")
-        log.info("the %d ranks end with identical weights (checksum %.10g)", self.process.world, high)
 
     def export(self) -> list:
         if not self.process.main:
@@ -352,7 +345,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
     process = distributed.start(spec["device"], source)
     if not process.main:  # one voice: rank 0 reports, the others only warn
         logging.getLogger("sequifier").setLevel(logging.WARNING)
-    handler = None
+    handler, deterministic = None, torch.are_deterministic_algorithms_enabled()
     try:
         if spec["enforce_determinism"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -373,7 +366,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
         with Tracker(plan.config["wandb"], plan.config, plan.logs, process.main, trainer.wandb_id) as tracker:
             trainer.wandb_id = tracker.run_id
             trainer.fit(tracker)
-        trainer.check_replicas()
+        distributed.check_replicas(process, trainer.model)
         written = trainer.export()
         p = trainer.progress
         if process.main:
@@ -383,6 +376,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
             )  # fmt: skip
         return {"best_epoch": p.best_epoch, "best_loss": p.best_loss, "epochs": p.epoch, "models": written}
     finally:
+        torch.use_deterministic_algorithms(deterministic)
         if handler is not None:
             logging.getLogger("sequifier").removeHandler(handler)
             handler.close()

@@ -7,16 +7,19 @@ exported models record.
 """
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from sequifier import config as stage_config
+from sequifier.data import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.metadata import load_metadata
 from sequifier.model import ModelArgs
 from sequifier.preprocess_plan import metadata_path_of
 
+log = logging.getLogger(__name__)
 REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
 
 
@@ -40,9 +43,6 @@ class TrainPlan:
         kind = "-embedding" if embedding else ""
         return self.models / f"sequifier-{self.name}-{label}{kind}-{epoch}.{suffix}"
 
-    def checkpoint_path(self, epoch: int) -> Path:
-        return self.checkpoints / f"sequifier-{self.name}-epoch-{epoch}.pt"
-
     @property
     def metrics_path(self) -> Path:
         return self.logs / f"sequifier-{self.name}-metrics.csv"
@@ -50,6 +50,15 @@ class TrainPlan:
     @property
     def log_path(self) -> Path:
         return self.logs / f"sequifier-{self.name}.log"
+
+    def window_source(self, path: Path) -> WindowSource:
+        """How to read the windows at `path`: the stored columns, and the ones the model uses."""
+        metadata, config = self.metadata, self.config
+        keep = tuple(dict.fromkeys([*config["input_columns"], *config["target_columns"]]))
+        return WindowSource(
+            path, config["read_format"], tuple(metadata["columns"]), metadata["column_types"],
+            metadata["n_classes"], keep, config["seq_length"],
+        )  # fmt: skip
 
     def model_args(self) -> ModelArgs:
         spec, metadata = self.config["model_spec"], self.metadata
@@ -215,6 +224,8 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     _model_spec(config, fail)
     _training_spec(config, metadata, fail)
     paths = metadata["split_paths"]
+    if len(paths) == 1 and not config["validation_data_path"]:
+        log.warning("the data has one split: validating on the training windows (%s)", paths[0])
     config["training_data_path"] = config["training_data_path"] or paths[0]
     config["validation_data_path"] = config["validation_data_path"] or paths[min(1, len(paths) - 1)]
     config["read_format"] = config["read_format"] or metadata["write_format"]

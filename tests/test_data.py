@@ -6,7 +6,6 @@ from conftest import sequences_table
 
 from sequifier import config
 from sequifier.data import PAD, InMemoryWindows, StreamedWindows
-from sequifier.train import window_source
 from sequifier.train_config import make_train_plan
 
 
@@ -32,7 +31,7 @@ def windows_by_format(project):
     found = {}
     for fmt, merged in (("parquet", True), ("csv", True), ("pt", False), ("parquet", False)):
         plan = plan_of(project, write_format=fmt, merge_output=merged, batches_per_file=7, seq_length=6)
-        found[(fmt, merged)] = (plan, InMemoryWindows(window_source(plan, plan.train_path)))
+        found[(fmt, merged)] = (plan, InMemoryWindows(plan.window_source(plan.train_path)))
     return found
 
 
@@ -59,7 +58,7 @@ def test_padding_is_counted_from_the_left(windows_by_format):
 
 def test_streaming_gives_every_window_once_per_epoch(windows_by_format):
     plan, in_memory = windows_by_format[("parquet", False)]
-    streamed = StreamedWindows(window_source(plan, plan.train_path), buffer_size=10, readahead=2)
+    streamed = StreamedWindows(plan.window_source(plan.train_path), buffer_size=10, readahead=2)
     assert len(list(plan.train_path.iterdir())) > 3 and len(streamed) == len(in_memory)
     everything = as_rows(in_memory.batches(16, shuffle=False))
     epoch_one = list(streamed.batches(16, shuffle=True, seed=3, epoch=1))
@@ -77,7 +76,7 @@ def test_streaming_gives_every_window_once_per_epoch(windows_by_format):
 @pytest.mark.parametrize("streamed", [False, True], ids=["in-memory", "streamed"])
 def test_ranks_take_disjoint_equal_shares(windows_by_format, streamed):
     plan, in_memory = windows_by_format[("parquet", False)]
-    windows = StreamedWindows(window_source(plan, plan.train_path), 10) if streamed else in_memory
+    windows = StreamedWindows(plan.window_source(plan.train_path), 10) if streamed else in_memory
     shares = [list(windows.batches(8, shuffle=True, seed=1, epoch=4, rank=r, world=3)) for r in range(3)]
     assert len({len(share) for share in shares}) == 1  # the same number of batches on every rank
     sizes = [sum(len(b[PAD]) for b in share) for share in shares]

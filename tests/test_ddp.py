@@ -16,6 +16,7 @@ from sequifier.train import Trainer, run
 from sequifier.train_config import make_train_plan
 
 SETTINGS = ["training_spec.epochs=3", "export_onnx=false", "wandb.mode=disabled", "training_spec.dropout=0.1"]
+SETTINGS += ["training_spec.accumulation_steps=3"]  # 39 and 20 batches an epoch: a last, smaller group
 
 
 def metrics(path) -> list:

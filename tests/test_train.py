@@ -17,7 +17,7 @@ from wandb_runs import find_runs, read_run
 from sequifier import config
 from sequifier.data import InMemoryWindows
 from sequifier.export import load_bundle
-from sequifier.train import run, window_source
+from sequifier.train import Trainer, run
 from sequifier.train_config import make_train_plan
 
 LOSSES = ("train_loss", "validation_loss", "train_loss_itemId", "validation_loss_price")
@@ -91,7 +91,7 @@ def test_wandb_offline_run_holds_the_metrics_of_the_csv(made):
 
 def _validation_inputs(project, bundle, n=50):
     plan = make_train_plan(bundle["config"])
-    windows = InMemoryWindows(window_source(plan, plan.validation_path))
+    windows = InMemoryWindows(plan.window_source(plan.validation_path))
     batch = next(windows.batches(n, shuffle=False))
     return {name: batch[name][:, :-1] for name in bundle["config"]["input_columns"]}
 
@@ -120,8 +120,9 @@ def test_pt_bundle_is_self_contained_and_onnx_agrees(made):
     np.testing.assert_allclose(onnx_embedding, embedding.numpy(), atol=1e-4)
 
 
-def test_same_seed_same_losses_and_resume_continues_exactly(made):
+def test_same_seed_same_losses_and_resume_continues_exactly(made, monkeypatch):
     settings = {"training_spec.epochs": 4, "training_spec.log_interval": 7, "training_spec.dropout": 0.1}
+    settings["training_spec.accumulation_steps"] = 2
     first = read_metrics_of(made, "a", settings)
     again = read_metrics_of(made, "b", settings)
     assert [[r[k] for k in LOSSES] for r in first] == [[r[k] for k in LOSSES] for r in again]
@@ -131,6 +132,25 @@ def test_same_seed_same_losses_and_resume_continues_exactly(made):
     read_metrics_of(made, "d", {**settings, "training_spec.epochs": 2})
     resumed = read_metrics_of(made, "d", {**settings, "training_spec.continue_training": True})
     assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
+
+    steps = 0
+    step = Trainer._step
+
+    def interrupted_step(trainer):  # Ctrl-C in the middle of epoch 2, during an optimizer step
+        nonlocal steps
+        steps += 1
+        if steps == 13:
+            os.kill(os.getpid(), signal.SIGINT)
+        step(trainer)
+
+    monkeypatch.setattr(Trainer, "_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        read_metrics_of(made, "e", settings)
+    monkeypatch.setattr(Trainer, "_step", step)
+    assert (made / "checkpoints" / "sequifier-e-epoch-1-batch-6.pt").exists()
+    resumed = read_metrics_of(made, "e", {**settings, "training_spec.continue_training": True})
+    assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
+    assert not list((made / "checkpoints").glob("sequifier-e-*-batch-*"))  # superseded at the epoch's end
 
 
 def read_metrics_of(project, name, settings) -> list:

@@ -95,6 +95,21 @@ CASES = {
         {"training_spec.optimizer": {"name": "AdamX"}},
         ["training_spec.optimizer.name: unknown optimizer 'AdamX'; did you mean"],
     ),
+    "optimizer argument of the wrong shape": (
+        {"training_spec.optimizer": {"name": "AdamW", "betas": [0.9]}},
+        ["train config: training_spec.optimizer: AdamW({'lr': 0.003, 'betas': (0.9,)}) is invalid"],
+    ),
+    "scheduler that fails when stepped": (
+        {"training_spec.scheduler": {"name": "StepLR", "step_size": 0}},
+        [
+            "train config: training_spec.scheduler: {'name': 'StepLR', 'step_size': 0} fails when stepped",
+            "ZeroDivisionError",
+        ],
+    ),
+    "read_format not the files'": (
+        {"read_format": "csv"},
+        ["example-split0.parquet: read_format is csv, but the file is '.parquet'"],
+    ),
     "cuda without a GPU": (
         {"training_spec.device": "cuda"},
         ["training_spec.device: 'cuda', but torch finds no CUDA GPU", "set training_spec.device: cpu"],
