@@ -223,6 +223,11 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     config["model_spec"]["prediction_length"] = prediction_length
     _model_spec(config, fail)
     _training_spec(config, metadata, fail)
+    if not metadata["categorical_columns"] and not metadata["normalize_real_columns"]:
+        log.warning(
+            "only real columns, not normalized: leading slots that are 0.0 in every column count as padding "
+            "(no target); preprocess with normalize_real_columns: true or a categorical column to avoid it"
+        )
     paths = metadata["split_paths"]
     if len(paths) == 1 and not config["validation_data_path"]:
         log.warning("the data has one split: validating on the training windows (%s)", paths[0])
