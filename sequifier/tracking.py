@@ -146,6 +146,9 @@ class Tracker:
             return
         try:
             run.finish(exit_code=1 if failed else 0)
+            import wandb
+
+            wandb.teardown()  # waits until W&B's service has written the run's files, then stops it
         except Exception as error:
             logger.warning("W&B finish failed (%s: %s)", type(error).__name__, error)
 

@@ -29,7 +29,7 @@ def made(tmp_path_factory):
     return made_project(tmp_path_factory.mktemp("ddp"))
 
 
-def test_torchrun_two_processes_train_one_model(made):
+def test_torchrun_two_processes_train_one_model(made, monkeypatch):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "sequifier", "train", "--model-name", "ddp", "--set", "training_spec.batch_size=32"]
     command += [item for setting in SETTINGS for item in ("--set", setting)]
@@ -44,7 +44,7 @@ def test_torchrun_two_processes_train_one_model(made):
     # the validation loss reduced over the ranks is the loss of the whole validation split
     best = min(rows, key=lambda r: float(r["validation_loss"]))
     model, bundle = load_bundle(made / "models" / f"sequifier-ddp-best-{best['epoch']}.pt")
-    os.chdir(made)
+    monkeypatch.chdir(made)
     plan = make_train_plan(bundle["config"])
     trainer = Trainer(plan, distributed.Process(0, 1, torch.device("cpu")))
     trainer.model.load_state_dict(model.state_dict())

@@ -96,14 +96,14 @@ def _validation_inputs(project, bundle, n=50):
     return {name: batch[name][:, :-1] for name in bundle["config"]["input_columns"]}
 
 
-def test_pt_bundle_is_self_contained_and_onnx_agrees(made):
+def test_pt_bundle_is_self_contained_and_onnx_agrees(made, monkeypatch):
     (best,) = (made / "models").glob("sequifier-default-best-[0-9]*.pt")
     model, bundle = load_bundle(best)
     assert bundle["metadata"]["id_maps"]["itemId"] and bundle["config"]["target_columns"] == [
         "itemId",
         "price",
     ]
-    os.chdir(made)  # the bundle's config has the project's relative paths
+    monkeypatch.chdir(made)  # the bundle's config has the project's relative paths
     inputs = _validation_inputs(made, bundle)
     with torch.no_grad():
         expected = model(inputs)
