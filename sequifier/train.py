@@ -346,7 +346,10 @@ def run(loaded: dict, source: str = "train config") -> dict:
     if not process.main:  # one voice: rank 0 reports, the others only warn
         logging.getLogger("sequifier").setLevel(logging.WARNING)
     handler, deterministic = None, torch.are_deterministic_algorithms_enabled()
+    precision = torch.get_float32_matmul_precision()
     try:
+        if process.device.type == "cuda":
+            torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
         if spec["enforce_determinism"]:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -377,6 +380,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
         return {"best_epoch": p.best_epoch, "best_loss": p.best_loss, "epochs": p.epoch, "models": written}
     finally:
         torch.use_deterministic_algorithms(deterministic)
+        torch.set_float32_matmul_precision(precision)
         if handler is not None:
             logging.getLogger("sequifier").removeHandler(handler)
             handler.close()
