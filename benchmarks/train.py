@@ -245,19 +245,23 @@ def run_upstream(root: Path, binary: Path, log: Path) -> dict:
         for r in csv.DictReader((logs / f"{UPSTREAM_MODEL}-validation-full.csv").read_text().splitlines())
         if r["metric"] == "loss" and r["target"] == "__total__"
     ]
-    # seconds_per_batch is the mean over the batches since the previous training row of the epoch
-    train_s, previous = 0.0, {}
+    # its own timer: seconds_per_batch, the mean over the batches since the previous row of the epoch
+    timed_s, previous = 0.0, {}
     for r in csv.DictReader((logs / f"{UPSTREAM_MODEL}-training.csv").read_text().splitlines()):
         if r["metric"] != "loss":
             continue
         epoch, batch = int(r["epoch"]), int(r["batch"])
-        train_s += float(r["seconds_per_batch"]) * (batch - previous.get(epoch, 0))
+        timed_s += float(r["seconds_per_batch"]) * (batch - previous.get(epoch, 0))
         previous[epoch] = batch
     train_windows = int(re.search(r"Dataset loaded with (\d+) samples", log.read_text())[1])
     epochs = len(previous)
-    first = validations[0]
-    started = utc(first["timestamp_utc"]) - float(first["elapsed_seconds"])
-    curve = [(utc(r["timestamp_utc"]) - launched, float(r["value"])) for r in validations]
+    # by the clock, like ours: from the end of each validation (timestamp_utc; elapsed_seconds is its
+    # duration) to the start of the next, which holds the epoch's training loop
+    ends = [utc(r["timestamp_utc"]) for r in validations]
+    durations = [float(r["elapsed_seconds"]) for r in validations]
+    train_s = sum(ends[i] - durations[i] - ends[i - 1] for i in range(1, len(ends)))
+    started = ends[0] - durations[0]
+    curve = [(t - launched, float(r["value"])) for t, r in zip(ends, validations)]
     return {
         "wall": wall,
         "peak": peak,
@@ -269,6 +273,7 @@ def run_upstream(root: Path, binary: Path, log: Path) -> dict:
         "last_record": curve[-1][0],
         "after": wall - curve[-1][0],
         "curve": curve,
+        "timed_s": timed_s,
         "models": sorted((root / "models").glob("*")),
     }
 
@@ -279,7 +284,7 @@ def crossing(curve: list, target: float) -> float:
 
 
 def fmt_s(value: float) -> str:
-    return "not reached" if math.isinf(value) else f"{value:.1f}"
+    return "not reached" if math.isinf(value) else "-" if math.isnan(value) else f"{value:.1f}"
 
 
 # -- 1. speed against the original ---------------------------------------------------------------
@@ -356,9 +361,10 @@ def speed(args, out: Path, peaks: list) -> dict:
             else:
                 r = run_ours(ours_root, config, name, overrides, log)
             results[label].append(r)
+            own = f" (its own timer {r['timed_s']:.1f} s)" if "timed_s" in r else ""
             print(
                 f"  run {rep + 1}/{args.repeats} {label:19s}: wall {r['wall']:6.1f} s, "
-                f"train {r['train_s']:6.1f} s, {r['rate']:6.0f} windows/s, "
+                f"train loop {r['train_s']:6.1f} s{own}, {r['rate']:6.0f} windows/s, "
                 f"final validation loss {r['final']:.4f}, "
                 f"curve {' '.join(f'{t:.0f}s:{v:.3f}' for t, v in r['curve'])}"
             )
