@@ -193,19 +193,28 @@ def run_ours(root: Path, config: Path, name: str, overrides: dict, log: Path) ->
     # windows_per_s of an epoch row: windows / time of its training loop (batching included, validation not)
     train_s = sum(train_windows / float(r["windows_per_s"]) for r in epochs)
     curve = [(t - launched, float(r["validation_loss"])) for t, r in zip(record_times, rows)]
+    summary = run_summary(wall, peak, started - launched, train_s, train_windows * len(epochs), curve)
+    return {
+        **summary,
+        "final": float(epochs[-1]["validation_loss"]),
+        "params": params,
+        "models": sorted((root / "models").glob(f"sequifier-{name}-best-*.pt")),
+    }
+
+
+def run_summary(wall: float, peak: float, startup: float, train_s: float, windows: int, curve: list) -> dict:
+    """What both tools' runs report: times, windows trained, rate, and the validation curve."""
     return {
         "wall": wall,
         "peak": peak,
-        "startup": started - launched,
+        "startup": startup,
         "train_s": train_s,
-        "windows": train_windows * len(epochs),
-        "rate": train_windows * len(epochs) / train_s,
-        "final": float(epochs[-1]["validation_loss"]),
+        "windows": windows,
+        "rate": windows / train_s,
+        "final": curve[-1][1],
         "last_record": curve[-1][0],
         "after": wall - curve[-1][0],
         "curve": curve,
-        "params": params,
-        "models": sorted((root / "models").glob(f"sequifier-{name}-best-*.pt")),
     }
 
 
@@ -262,20 +271,8 @@ def run_upstream(root: Path, binary: Path, log: Path) -> dict:
     train_s = sum(ends[i] - durations[i] - ends[i - 1] for i in range(1, len(ends)))
     started = ends[0] - durations[0]
     curve = [(t - launched, float(r["value"])) for t, r in zip(ends, validations)]
-    return {
-        "wall": wall,
-        "peak": peak,
-        "startup": started - launched,
-        "train_s": train_s,
-        "windows": train_windows * epochs,
-        "rate": train_windows * epochs / train_s,
-        "final": curve[-1][1],
-        "last_record": curve[-1][0],
-        "after": wall - curve[-1][0],
-        "curve": curve,
-        "timed_s": timed_s,
-        "models": sorted((root / "models").glob("*")),
-    }
+    summary = run_summary(wall, peak, started - launched, train_s, train_windows * epochs, curve)
+    return {**summary, "timed_s": timed_s, "models": sorted((root / "models").glob("*"))}
 
 
 def crossing(curve: list, target: float) -> float:
