@@ -63,12 +63,13 @@ def _public(values: dict) -> dict:
 
 
 def read_run(run_folder: Path) -> dict:
-    """config, history (one dict per step, with _step), summary, group, name, tags and exit_code of a run.
+    """id, config, history (one dict per step, with _step), summary, group, name, tags and exit_code of a run.
 
     W&B-internal keys (_runtime, _timestamp, _wandb...) are left out of config, history and summary.
     """
     (log_file,) = Path(run_folder).glob("run-*.wandb")
     run = {
+        "id": None,
         "config": {},
         "history": [],
         "summary": {},
@@ -81,7 +82,7 @@ def read_run(run_folder: Path) -> dict:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             group, name = record.run.run_group or None, record.run.display_name or None
-            run.update(group=group, name=name, tags=list(record.run.tags))
+            run.update(id=record.run.run_id, group=group, name=name, tags=list(record.run.tags))
             run["config"].update(_items(record.run.config.update))
         elif kind == "config":
             run["config"].update(_items(record.config.update))
