@@ -9,7 +9,7 @@ import logging
 import random
 import sys
 
-PUBLIC_COMMANDS = "{make,preprocess,train}"
+PUBLIC_COMMANDS = "{make,preprocess,train,infer}"
 
 
 def _none_or_list(values):
@@ -57,10 +57,32 @@ def _add_train_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_infer_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config-path", default="configs/infer.yaml", help="infer config (YAML)")
+    parser.add_argument("--project-root", help="folder the config's paths are relative to")
+    parser.add_argument(
+        "--data-path", "-dp", help="windows to infer on, a file or a folder (overrides data_path)"
+    )
+    parser.add_argument(
+        "--model-path", "-mp", nargs="+", help="model files (.pt or .onnx), each with its own outputs"
+    )
+    parser.add_argument("--metadata-config-path", "-mc", help="metadata of the data (default: the model's)")
+    parser.add_argument(
+        "--input-columns", "-ic", nargs="+", help="columns the model reads (must be the model's)"
+    )
+    parser.add_argument("--output-path", help="folder of the outputs (overrides output_path)")
+    parser.add_argument("--seed", "-s", type=int, help="seed of sampling and Monte-Carlo dropout")
+    parser.add_argument("--randomize", "-r", action="store_true", help="use a random seed")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override any config key, the value read as YAML (repeatable)",
+    )  # fmt: skip
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sequifier",
-        description="Train causal transformers on tables of sequences: make, preprocess, train.",
+        description="Train causal transformers on tables of sequences: make, preprocess, train, infer.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar=PUBLIC_COMMANDS)
 
@@ -72,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train a model on preprocessed windows (torchrun for DDP)")
     _add_train_flags(train)
+
+    infer = commands.add_parser("infer", help="apply trained models: predictions, probabilities, embeddings")
+    _add_infer_flags(infer)
 
     step = commands.add_parser("preprocess-step")  # one step of preprocess, for the workflow
     step.add_argument("step", choices=["partition", "scan", "reduce", "windows", "merge"])
@@ -99,6 +124,9 @@ PREPROCESS_FLAGS = {
         "n_partitions",
     )
 }  # fmt: skip
+INFER_FLAGS = {
+    name: name for name in ("project_root", "data_path", "metadata_config_path", "output_path", "seed")
+} | {"model_path": "model_path"}
 TRAIN_FLAGS = {
     "project_root": "project_root",
     "data_path": "training_data_path",
@@ -159,6 +187,12 @@ def _dispatch(args) -> None:
 
         overrides = {**_set_overrides(args.set), **_flag_overrides(args, TRAIN_FLAGS, "input_columns")}
         run(config.load("train", args.config_path, overrides), args.config_path)
+        return
+    if args.command == "infer":
+        from sequifier.infer import run
+
+        overrides = {**_set_overrides(args.set), **_flag_overrides(args, INFER_FLAGS, "input_columns")}
+        run(config.load("infer", args.config_path, overrides), args.config_path)
         return
     overrides = _flag_overrides(args, PREPROCESS_FLAGS, "selected_columns")
     loaded = config.load("preprocess", args.config_path, overrides)

@@ -14,7 +14,7 @@ import yaml
 from sequifier.errors import ConfigError
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
-STAGES = ("preprocess", "train")
+STAGES = ("preprocess", "train", "infer")
 
 
 @lru_cache(maxsize=None)

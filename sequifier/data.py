@@ -18,11 +18,14 @@ import pyarrow.parquet as pq
 import torch
 
 from sequifier.errors import DataError
-from sequifier.window_files import INPUT_COLUMN, prefetched, rechunk, value_columns
+from sequifier.table import SEQUENCE
+from sequifier.window_files import INPUT_COLUMN, START, SUBSEQUENCE, prefetched, rechunk, value_columns
 
 log = logging.getLogger(__name__)
 CHUNK_WINDOWS = 8192
 PAD = "n_pad"
+IDS = "ids"  # with read_chunks(ids=True): {sequenceId, subsequenceId, startItemPosition} as numpy arrays
+IDENTITY = (SEQUENCE, SUBSEQUENCE, START)
 
 
 @dataclass(frozen=True)
@@ -53,7 +56,7 @@ class WindowSource:
         return [self.path]
 
 
-def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table) -> dict:
+def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table, ids: bool) -> dict:
     """A wide table (rows window-major, column-minor) -> {column: [windows, S + 1]} and n_pad."""
     n_columns = len(source.columns)
     if table.num_rows % n_columns:
@@ -67,7 +70,12 @@ def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table) -> dict:
             )
     values = np.stack([table.column(name).to_numpy() for name in value_columns(source.seq_length)], axis=1)
     blocks = {name: values[c::n_columns] for c, name in enumerate(source.columns)}
-    return _finish_chunk(source, file, blocks)
+    chunk = _finish_chunk(source, file, blocks)
+    if ids:
+        chunk[IDS] = {
+            name: table.column(name).to_numpy(zero_copy_only=False)[::n_columns] for name in IDENTITY
+        }
+    return chunk
 
 
 def _finish_chunk(source: WindowSource, file: Path, blocks: dict) -> dict:
@@ -99,16 +107,17 @@ def _value_names_check(source: WindowSource, file: Path, names: list) -> None:
         )
 
 
-def read_chunks(source: WindowSource, file: Path):
-    """Yield the windows of one file in chunks of about CHUNK_WINDOWS."""
+def read_chunks(source: WindowSource, file: Path, ids: bool = False):
+    """Yield the windows of one file in chunks of about CHUNK_WINDOWS; with `ids`, each chunk also
+    holds the windows' identities (IDS)."""
     rows = CHUNK_WINDOWS * len(source.columns)
     try:
         if source.fmt == "parquet":
             handle = pq.ParquetFile(file)
             _value_names_check(source, file, handle.schema_arrow.names)
-            names = [INPUT_COLUMN, *value_columns(source.seq_length)]
+            names = [*(IDENTITY if ids else ()), INPUT_COLUMN, *value_columns(source.seq_length)]
             for batch in handle.iter_batches(batch_size=rows, columns=names):
-                yield _numpy_chunk(source, file, pa.Table.from_batches([batch]))
+                yield _numpy_chunk(source, file, pa.Table.from_batches([batch]), ids)
         elif source.fmt == "csv":
             types = {name: pa.float64() for name in value_columns(source.seq_length)}  # never inferred
             convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
@@ -116,14 +125,14 @@ def read_chunks(source: WindowSource, file: Path):
             _value_names_check(source, file, reader.schema.names)
             tables = (pa.Table.from_batches([batch]) for batch in reader)
             for table in rechunk(tables, rows):
-                yield _numpy_chunk(source, file, table)
+                yield _numpy_chunk(source, file, table, ids)
         else:
-            yield _pt_chunk(source, file)
+            yield _pt_chunk(source, file, ids)
     except (pa.ArrowInvalid, OSError, RuntimeError) as error:
         raise DataError(f"{file}: cannot read windows: {error}") from None
 
 
-def _pt_chunk(source: WindowSource, file: Path) -> dict:
+def _pt_chunk(source: WindowSource, file: Path, ids: bool) -> dict:
     shard = torch.load(file, weights_only=True)
     if not isinstance(shard, dict) or list(shard.get("columns", [])) != list(source.columns):
         found = shard.get("columns") if isinstance(shard, dict) else type(shard).__name__
@@ -137,7 +146,10 @@ def _pt_chunk(source: WindowSource, file: Path) -> dict:
             f"{file}: windows of {width} items are shorter than seq_length + 1 ({source.seq_length + 1})"
         )
     blocks = {name: shard["values"][name][:, -(source.seq_length + 1) :].numpy() for name in source.columns}
-    return _finish_chunk(source, file, blocks)
+    chunk = _finish_chunk(source, file, blocks)
+    if ids:
+        chunk[IDS] = {name: np.asarray(shard[name]) for name in IDENTITY}
+    return chunk
 
 
 def count_windows(source: WindowSource) -> int:

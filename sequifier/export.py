@@ -3,10 +3,13 @@
 A pt bundle is self-contained: the model's arguments and weights, the resolved train config and
 the metadata, so inference needs nothing else. An ONNX file takes one tensor per input column,
 named by the column ([batch, seq_length], a dynamic batch axis), gives next_{target} (logits or
-values of the next item) or sequence_embedding, and holds its weights in the one file.
+values of the next item) or sequence_embedding, and holds its weights in the one file. It also
+carries the bundle's description without the weights (kind, epoch, model arguments, config and
+metadata) as JSON in its metadata property CONTRACT, so ONNX inference needs nothing else either.
 """
 
 import copy
+import json
 import logging
 import re
 import warnings
@@ -21,21 +24,24 @@ from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transforme
 
 log = logging.getLogger(__name__)
 FORMAT = "sequifier-model/1"
+CONTRACT = "sequifier"
 
 
-def write_bundle(
-    path: Path, model: Transformer, kind: str, epoch: int, config: dict, metadata: dict, dropout: bool
-):
-    bundle = {
+def describe(model: Transformer, kind: str, epoch: int, config: dict, metadata: dict, dropout: bool) -> dict:
+    """What a bundle holds besides the weights."""
+    return {
         "format": FORMAT,
         "kind": kind,
         "epoch": epoch,
         "with_dropout": dropout,
         "model_args": model.args.to_dict(),
-        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "config": config,
         "metadata": metadata,
     }
+
+
+def write_bundle(path: Path, model: Transformer, description: dict):
+    bundle = {**description, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
@@ -85,8 +91,11 @@ def _quiet_exporter():
         registration.setLevel(level)
 
 
-def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None:
-    """Export with a dynamic batch axis, weights inside the file."""
+def write_onnx(path: Path, model: Transformer, description: dict) -> None:
+    """Export with a dynamic batch axis, weights and description inside the file."""
+    import onnx
+
+    kind, dropout = description["kind"], description["with_dropout"]
     model = copy.deepcopy(model).cpu().float().train(dropout)
     head = export_head(model, kind).train(dropout)
     args = model.args
@@ -110,6 +119,18 @@ def write_onnx(path: Path, model: Transformer, kind: str, dropout: bool) -> None
             dynamo=True,
             verbose=False,
         )
+        proto = onnx.load(str(tmp))
+        proto.metadata_props.add(key=CONTRACT, value=json.dumps(description))
+        onnx.save(proto, str(tmp))
+
+
+def read_onnx_description(path: Path, proto) -> dict:
+    """The description an ONNX export carries; a file without one is a clear error."""
+    props = {prop.key: prop.value for prop in proto.metadata_props}
+    description = json.loads(props[CONTRACT]) if CONTRACT in props else None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise DataError(f"{path}: not an ONNX model exported by sequifier train (no {FORMAT} description)")
+    return description
 
 
 def export_run(plan, last: Transformer, best_state: dict | None, best_epoch: int, last_epoch: int) -> list:
@@ -133,11 +154,12 @@ def export_run(plan, last: Transformer, best_state: dict | None, best_epoch: int
     dropout = config["export_with_dropout"]
     for label, model, epoch in (("best", best, best_epoch), ("last", last, last_epoch)):
         for kind in kinds:
+            description = describe(model, kind, epoch, config, plan.metadata, dropout)
             for suffix in suffixes:
                 path = plan.model_path(label, epoch, kind == "embedding", suffix)
                 if suffix == "pt":
-                    write_bundle(path, model, kind, epoch, config, plan.metadata, dropout)
+                    write_bundle(path, model, description)
                 else:
-                    write_onnx(path, model, kind, dropout)
+                    write_onnx(path, model, description)
                 written.append(path)
     return written

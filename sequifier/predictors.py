@@ -1,0 +1,85 @@
+"""Trained models behind one call: a pt bundle run by torch, or an ONNX file run by onnxruntime.
+
+`load_predictor(path, ...)` reads either; the predictor maps {input column: [batch, seq_length]
+array} to the model's outputs as numpy arrays: {target: logits [batch, classes] or values
+[batch]} for a generative model, [batch, dim_model] for an embedding model. Both kinds of file
+carry the model's description (arguments, config, metadata), so nothing else is needed.
+"""
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sequifier.errors import ConfigError, DataError
+from sequifier.export import export_head, load_bundle, read_onnx_description
+from sequifier.model import ModelArgs
+
+log = logging.getLogger(__name__)
+
+
+class TorchPredictor:
+    def __init__(self, path: Path, device: str, dropout: bool):
+        model, bundle = load_bundle(path)
+        self.description = {key: value for key, value in bundle.items() if key != "state_dict"}
+        self.args = model.args
+        self.device = _device(device)
+        self.head = export_head(model.to(self.device).train(dropout), bundle["kind"])
+
+    @torch.inference_mode()
+    def __call__(self, inputs: dict) -> dict | np.ndarray:
+        tensors = [torch.from_numpy(inputs[name]).to(self.device) for name, *_ in self.args.input_columns]
+        outputs = self.head(*tensors)
+        if isinstance(outputs, torch.Tensor):
+            return outputs.float().cpu().numpy()
+        return {name: out.float().cpu().numpy() for (name, *_), out in zip(self.args.target_columns, outputs)}
+
+
+class OnnxPredictor:
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnx
+        import onnxruntime
+
+        try:
+            proto = onnx.load(str(path))
+        except Exception as error:
+            raise DataError(
+                f"{path}: cannot read this ONNX file ({type(error).__name__}: {str(error)[:200]})"
+            ) from None
+        self.description = read_onnx_description(path, proto)
+        self.args = ModelArgs.from_dict(self.description["model_args"])
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+        self.session = onnxruntime.InferenceSession(
+            proto.SerializeToString(), options, providers=onnxruntime.get_available_providers()
+        )
+        self.names = [output.name for output in self.session.get_outputs()]
+
+    def __call__(self, inputs: dict) -> dict | np.ndarray:
+        feed = {name: inputs[name] for name, *_ in self.args.input_columns}
+        outputs = self.session.run(None, feed)
+        if self.description["kind"] == "embedding":
+            return outputs[0]
+        return {name: out for (name, *_), out in zip(self.args.target_columns, outputs)}
+
+
+def _device(name: str) -> torch.device:
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{name}', but torch finds no CUDA GPU here; set device: cpu")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device: 'mps', but MPS is not available here; set device: cpu")
+    return torch.device(name)
+
+
+def load_predictor(path: Path, device: str, dropout: bool):
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    if path.suffix == ".onnx":
+        return OnnxPredictor(path)
+    if path.suffix == ".pt":
+        return TorchPredictor(path, device, dropout)
+    raise ConfigError(f"model_path: {path} is neither a .pt bundle nor an .onnx file")
