@@ -64,8 +64,9 @@ def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table, ids: bool) -
     if table.num_rows:
         head = table.column(INPUT_COLUMN).slice(0, n_columns).cast(pa.string()).to_pylist()
         if head != list(source.columns):
+            held = list(dict.fromkeys(head))  # a window's rows, up to the first repeated column
             raise DataError(
-                f"{file}: windows hold the columns {head}, but the metadata lists {list(source.columns)}; "
+                f"{file}: windows hold the columns {held}, but the metadata lists {list(source.columns)}; "
                 "the metadata file does not match the data"
             )
     values = np.stack([table.column(name).to_numpy() for name in value_columns(source.seq_length)], axis=1)
@@ -156,7 +157,10 @@ def count_windows(source: WindowSource) -> int:
     total = 0
     for file in source.files():
         if source.fmt == "parquet":
-            total += pq.ParquetFile(file).metadata.num_rows // len(source.columns)
+            try:
+                total += pq.ParquetFile(file).metadata.num_rows // len(source.columns)
+            except (pa.ArrowInvalid, OSError) as error:
+                raise DataError(f"{file}: cannot read windows: {error}") from None
         else:
             total += sum(len(chunk[PAD]) for chunk in read_chunks(source, file))
     return total

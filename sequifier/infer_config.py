@@ -157,7 +157,15 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
     """Check a loaded model against the config and its data; say how the data is read."""
     config = plan.config
     if description["kind"] != config["model_type"]:
-        plan.fail(f"model_type: {config['model_type']}, but {model_path} is a {description['kind']} model")
+        wanted = (
+            "sequifier-NAME-best-embedding-EPOCH"
+            if config["model_type"] == "embedding"
+            else "sequifier-NAME-best-EPOCH"
+        )
+        plan.fail(
+            f"model_type: {config['model_type']}, but {model_path} is the {description['kind']} export; "
+            f"give a {config['model_type']} model ({wanted})"
+        )
     if config["infer_with_dropout"] and model_path.suffix == ".onnx" and not description["with_dropout"]:
         plan.fail(
             f"infer_with_dropout: true, but {model_path} was exported without dropout; "

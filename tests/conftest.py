@@ -93,3 +93,14 @@ def made_project(root: Path) -> Path:
     run_cli("make", "demo", cwd=root, check=True)
     run_cli("preprocess", cwd=root / "demo", check=True)
     return root / "demo"
+
+
+@pytest.fixture(scope="session")
+def trained_project(tmp_path_factory) -> Path:
+    """The walkthrough's project: make, preprocess and train (3 epochs) by the CLI; shared by the
+    infer tests, which each write to their own output folder."""
+    project = made_project(tmp_path_factory.mktemp("trained"))
+    run_cli(
+        "train", "--set", "training_spec.epochs=3", "--set", "wandb.mode=disabled", cwd=project, check=True
+    )
+    return project

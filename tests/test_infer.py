@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import made_project, run_cli
+from conftest import run_cli
 
 from sequifier import config
 from sequifier.export import load_bundle
@@ -17,14 +17,10 @@ from sequifier.model import EmbeddingHead, GenerativeHead
 W = 16  # the example's window: 16 items, then the one predicted
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The walkthrough's project: make, preprocess, train (3 epochs) by the CLI."""
-    project = made_project(tmp_path_factory.mktemp("infer"))
-    run_cli(
-        "train", "--set", "training_spec.epochs=3", "--set", "wandb.mode=disabled", cwd=project, check=True
-    )
-    return project
+@pytest.fixture
+def trained(trained_project):
+    """The walkthrough's project, trained (conftest); each test writes to its own output folder."""
+    return trained_project
 
 
 def infer(project, output, **overrides) -> dict:

@@ -99,8 +99,9 @@ def test_dry_run_lists_one_job_per_part_split_and_run(workflow):
         "merge": 3,
         "run_config": 1,
         "train": 1,
+        "infer": 2,
         "all": 1,
-        "total": 14,
+        "total": 16,
     }
 
 
@@ -127,7 +128,7 @@ def test_gpu_resource_picks_the_device_and_the_launcher(workflow, gpus, launch):
 def test_workflow_matches_the_cli(built, tmp_path):
     results = built / "results" / "example"
     assert not (results / "preprocess-work").exists(), "intermediate files are removed"
-    for rule in ("partition", "scan", "metadata", "windows", "merge", "run_config", "train"):
+    for rule in ("partition", "scan", "metadata", "windows", "merge", "run_config", "train", "infer"):
         assert any((built / "logs" / "example" / rule).iterdir()), f"{rule} has a log"
 
     run_cli(
@@ -177,6 +178,28 @@ def test_workflow_trains_the_example_model(built):
     assert "training default" in (built / "logs" / "example" / "train" / "default.log").read_text()
 
 
+def test_workflow_infers_with_the_best_model_of_each_run(built, tmp_path):
+    infer = built / RUN / "infer"
+    files = sorted(p.relative_to(infer).as_posix() for p in infer.rglob("sequifier-*"))
+    assert files == [
+        "embeddings/embeddings/sequifier-default-best-embeddings.parquet",
+        "predictions/predictions/sequifier-default-best-predictions.csv",
+        "predictions/probabilities/sequifier-default-best-itemId-probabilities.csv",
+    ]
+    (best,) = (built / RUN / "models").glob("sequifier-default-best-[0-9]*.pt")
+    run_cli(
+        "infer", "--config-path", "config/infer.yaml", "--model-path", best.relative_to(built),
+        "--metadata-config-path", "results/example/metadata.json", "--output-path", tmp_path,
+        cwd=built, check=True,
+    )  # fmt: skip
+    for name in files[1:]:
+        ours = tmp_path / name.split("/", 1)[1]
+        assert (infer / name).read_bytes() == ours.read_bytes(), name
+    windows = json.loads((built / "results/example/metadata.json").read_text())["n_windows"]["test"]
+    with open(infer / files[1]) as handle:
+        assert sum(1 for _ in handle) == windows + 1
+
+
 def test_rerun_is_a_no_op(built):
     again = snakemake(built, "--cores", "2")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
@@ -191,7 +214,7 @@ def test_changed_config_trains_afresh_and_an_interrupted_run_resumes(built, tmp_
     path.write_text(yaml.safe_dump(train))
     dry = snakemake(root, "-n")
     assert dry.returncode == 0, dry.stderr
-    assert job_counts(dry.stdout) == {"run_config": 1, "train": 1, "all": 1, "total": 3}
+    assert job_counts(dry.stdout) == {"run_config": 1, "train": 1, "infer": 2, "all": 1, "total": 5}
 
     # Ctrl-C once the first checkpoint of the new run is written (its stamp is in place).
     checkpoints, log = root / RUN / "checkpoints", root / "logs" / "example" / "train" / "default.log"

@@ -181,3 +181,33 @@ def checkpoints_folder(wildcards):
 def package_metrics(wildcards):
     """The metrics CSV that `sequifier train` rewrites after every validation."""
     return f"{RUN_CONFIGS[wildcards.run]['logs_path']}/sequifier-{wildcards.run}-metrics.csv"
+
+
+# -- inference ----------------------------------------------------------------------------------
+# config["infer"] names infer configs ({name: file}); each is applied to every run's best model.
+INFER_FILES = config["infer"]
+
+
+def infer_overrides(run):
+    """The run's model (null: the best one its train config names) and the experiment's metadata."""
+    return {
+        "project_root": ".",
+        "train_config_path": run_path("train.yaml").format(run=run),
+        "model_path": None,
+        "metadata_config_path": f"{RESULTS}/metadata.json",
+    }
+
+
+# Validated now, as the train configs are: a bad infer config stops the workflow before any job.
+INFER_CONFIGS = {
+    name: stage_config.load("infer", path, infer_overrides("default")) for name, path in INFER_FILES.items()
+}
+
+
+def infer_flags(wildcards):
+    overrides = infer_overrides(wildcards.run)
+    return " ".join(f"--set {key}={'null' if value is None else value}" for key, value in overrides.items())
+
+
+def infer_outputs():
+    return expand(run_path("infer/{name}"), run=RUNS, name=INFER_FILES)

@@ -1,0 +1,299 @@
+#!/usr/bin/env python
+"""Benchmark `sequifier infer`: predictions/s against the original (PyPI sequifier 3.1.1.0) on the
+same data and model size, batch 1 and batched, pt and ONNX; autoregressive items/s; memory as the
+input grows; the model alone (no input or output) for reference.
+
+    python benchmarks/infer.py [--parts speed,batch1,generate,memory,model] [--repeats 3] [--out DIR]
+
+Every inference is a whole process timed by the clock. Start-up (imports, model loading) is taken
+out by also running each variant on a two-window input: rate = (windows of the big input - 2) /
+(wall of the big input - wall of the small one). Runs of ours and the original alternate. Nothing
+here asserts a timing: the script prints tables. See README.md ("infer").
+"""
+
+import argparse
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import train as bench  # noqa: E402  (the train benchmark's data, configs and tool runners)
+from preprocess import measure, print_table  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+OURS, ENV = bench.OURS, bench.ENV
+
+
+def head_of(path: Path, windows: int, target: Path) -> Path:
+    """The first `windows` windows of a one-column window file, as a file of the same format."""
+    if not target.is_file():
+        pq.write_table(pq.read_table(path).slice(0, windows), target)
+    return target
+
+
+def prepare(args, out: Path) -> dict:
+    """The train benchmark's data and model (dim 64, 2 layers): ours trained once with ONNX
+    export, the original's trained once (its config, 1 epoch); both reused when present."""
+    work = out / "infer"
+    chain = bench.markov_chain(bench.SYMBOLS, 0.2, seed=11)
+    data = bench.write_long(
+        work / "categorical.csv", {"itemId": bench.sample_chain(chain, 2000, 200, seed=12)}
+    )
+    ours = work / "ours"
+    metadata = bench.our_preprocess(ours, data, out / "logs" / "infer-ours-preprocess.log", n_cores=2)
+    training = {**bench.speed_training(args), "epochs": 1}
+    config = bench.our_train_config(
+        ours, data.stem, bench.SPEED_MODEL, training, input_columns=["itemId"], target_columns=["itemId"],
+        export_onnx=True, export_embedding_model=False,
+    )  # fmt: skip
+    (ours / "configs" / "infer.yaml").write_text("write_format: csv\ndevice: cpu\n")
+    if not list((ours / "models").glob("sequifier-default-best-*.onnx")):
+        measure([OURS, "train", "--config-path", str(config)], out / "logs" / "infer-ours-train.log", ENV)
+    split = ours / metadata["split_paths"][0]
+    found = {"work": work, "ours": ours, "split": split, "windows": metadata["n_windows"]["train"]}
+    found["test"] = ours / metadata["split_paths"][2]
+    found["pt"] = next((ours / "models").glob("sequifier-default-best-*.pt"))
+    found["onnx"] = next((ours / "models").glob("sequifier-default-best-*.onnx"))
+    upstream = Path(args.upstream) if args.upstream else bench.UPSTREAM_DEFAULT
+    if upstream.exists():
+        root = work / "upstream"
+        bench.upstream_project(root, data, upstream, out / "logs" / "infer-upstream-preprocess.log")
+        if not list((root / "models").glob("*-best-*.onnx")):
+            text = (root / "configs" / "train.yaml").read_text()
+            text = re.sub(r"training_plan: \{epochs: \d+\}", "training_plan: {epochs: 1}", text)
+            (root / "configs" / "train.yaml").write_text(text)
+            bench.run_upstream(root, upstream, out / "logs" / "infer-upstream-train.log")
+        found |= {"upstream": upstream, "upstream_root": root}
+        found["upstream_model"] = next((root / "models").glob("*-best-*.onnx"))
+        found["upstream_split"] = root / "data" / "categorical-split0.parquet"
+    return found
+
+
+def ours_command(setup: dict, model: str, data: Path, output: Path, **settings) -> list:
+    flags = bench.set_flags({"inference_batch_size": settings.pop("batch", 1024), **settings})
+    ours = setup["ours"]
+    return [
+        OURS, "infer", "--project-root", str(ours), "--config-path", str(ours / "configs/infer.yaml"),
+        "--model-path", str(setup[model]), "--data-path", str(data), "--output-path", str(output), *flags,
+    ]  # fmt: skip
+
+
+def upstream_command(setup: dict, data: Path, batch: int, **extra) -> list:
+    root = setup["upstream_root"]
+    text = (bench.UPSTREAM_CONFIGS / "infer.yaml").read_text()
+    text = re.sub(r"(?m)^project_root: .*$", f"project_root: {root}", text)
+    text = re.sub(r"(?m)^inference_batch_size: .*$", f"inference_batch_size: {batch}", text)
+    text += "".join(f"{key}: {value}\n" for key, value in extra.items())
+    config = root / "configs" / f"infer-bench-{batch}{'-ar' if extra else ''}.yaml"
+    config.write_text(text)
+    return [
+        "env", "-C", str(root), str(setup["upstream"]), "infer", "--config-path", str(config),
+        "--model-path", str(setup["upstream_model"]), "--data-path", str(data),
+    ]  # fmt: skip
+
+
+def rate(args, variants: dict, small: int, big: int, log: Path) -> dict:
+    """{variant: (rate per s, wall of the big input, peak RSS)}: medians over alternated repeats."""
+    walls = {name: {"small": [], "big": [], "peak": []} for name in variants}
+    for _ in range(args.repeats):
+        for name, commands in variants.items():
+            for size in ("small", "big"):
+                wall, peak = measure(commands[size], log, ENV)
+                walls[name][size].append(wall)
+                walls[name]["peak"].append(peak) if size == "big" else None
+    result = {}
+    for name, w in walls.items():
+        small_s, big_s = statistics.median(w["small"]), statistics.median(w["big"])
+        result[name] = ((big - small) / max(big_s - small_s, 1e-9), big_s, small_s, max(w["peak"]))
+    return result
+
+
+def speed(args, setup: dict, out: Path, batch: int, windows: int, label: str) -> None:
+    """Whole-process windows/s of ours (pt and ONNX) and the original (ONNX) at one batch size."""
+    work = setup["work"]
+    ours_big = (
+        setup["split"]
+        if windows >= setup["windows"]
+        else head_of(setup["split"], windows, work / f"ours-{windows}.parquet")
+    )
+    ours_small = head_of(setup["split"], 2, work / "ours-2.parquet")
+    n = min(windows, setup["windows"])
+    variants = {}
+    for model in ("pt", "onnx"):
+        variants[f"ours {model}"] = {
+            "small": ours_command(
+                setup, model, ours_small, work / "out-small", batch=batch, output_probabilities=False
+            ),
+            "big": ours_command(
+                setup, model, ours_big, work / "out-big", batch=batch, output_probabilities=False
+            ),
+        }
+    if "upstream" in setup:
+        up = setup["upstream_split"]
+        up_big = (
+            up
+            if windows >= setup["windows"]
+            else head_of(up, windows, setup["upstream_root"] / f"data/up-{windows}.parquet")
+        )
+        up_small = head_of(up, 2, setup["upstream_root"] / "data/up-2.parquet")
+        variants["original onnx"] = {
+            "small": upstream_command(setup, up_small, batch),
+            "big": upstream_command(setup, up_big, batch),
+        }
+    results = rate(args, variants, 2, n, out / "logs" / f"infer-{label}.log")
+    base = results.get("original onnx", (None,))[0]
+    rows = [
+        [
+            name,
+            f"{r:,.0f}",
+            f"{big:.2f}",
+            f"{small:.2f}",
+            f"{r / base:.2f}x" if base else "-",
+            f"{peak / 2**20:.0f}",
+        ]
+        for name, (r, big, small, peak) in results.items()
+    ]
+    print(f"\ninfer {n:,} windows (seq 32, dim 64, 2 layers), batch {batch}, CPU; medians of {args.repeats}")
+    print_table(
+        ["model", "windows/s", "wall s", "start-up s (2 windows)", "vs original", "peak RSS MB"], rows
+    )
+
+
+def generate(args, setup: dict, out: Path) -> None:
+    """Autoregressive items/s: every test sequence continued by --steps items."""
+    work, steps = setup["work"], args.steps
+    sequences = pq.read_table(setup["test"], columns=["sequenceId"]).column(0).unique()
+    small = pq.read_table(setup["test"]).filter(
+        pq.read_table(setup["test"], columns=["sequenceId"]).column(0).to_numpy() == sequences[0].as_py()
+    )
+    small_path = work / "test-one-sequence.parquet"
+    pq.write_table(small, small_path)
+    ar = {"autoregression": True, "autoregression_total_steps": steps, "output_probabilities": False}
+    variants = {
+        f"ours {model}": {
+            "small": ours_command(setup, model, small_path, work / "out-ar-small", **ar),
+            "big": ours_command(setup, model, setup["test"], work / "out-ar", **ar),
+        }
+        for model in ("pt", "onnx")
+    }
+    if "upstream" in setup:
+        root = setup["upstream_root"]
+        up_test = root / "data" / "categorical-split2.parquet"
+        up_ids = pq.read_table(up_test, columns=["sequenceId"]).column(0)
+        up_small = root / "data" / "up-one-sequence.parquet"
+        pq.write_table(pq.read_table(up_test).filter(up_ids.to_numpy() == up_ids[0].as_py()), up_small)
+        extra = {"autoregressive": "true", "generation_steps": steps}
+        variants["original onnx"] = {
+            "small": upstream_command(setup, up_small, 128, **extra),
+            "big": upstream_command(setup, up_test, 128, **extra),
+        }
+    items = len(sequences) * steps
+    results = rate(args, variants, steps, items, out / "logs" / "infer-generate.log")
+    base = results.get("original onnx", (None,))[0]
+    rows = [
+        [name, f"{r:,.0f}", f"{big:.2f}", f"{r / base:.2f}x" if base else "-"]
+        for name, (r, big, _, _) in results.items()
+    ]
+    print(f"\nautoregression: {len(sequences)} sequences x {steps} items, batch 1024 (ours) / 128 (original)")
+    print_table(["model", "items/s", "wall s", "vs original"], rows)
+
+
+def memory(args, setup: dict, out: Path) -> None:
+    """Peak RSS of ours as the input grows (a folder of copies of the training split)."""
+    rows, base = [], None
+    for size in map(int, args.memory_sizes.split(",")):
+        folder = setup["work"] / f"copies-{size}"
+        if not folder.is_dir():
+            folder.mkdir()
+            for i in range(size):
+                (folder / f"part-{i:05d}.parquet").hardlink_to(setup["split"])
+        wall, peak = measure(
+            ours_command(setup, "onnx", folder, setup["work"] / "out-memory"),
+            out / "logs" / "infer-memory.log",
+            ENV,
+        )
+        base = base or peak
+        windows = size * setup["windows"]
+        rows.append(
+            [
+                f"{size}x",
+                f"{windows:,}",
+                f"{wall:.1f}",
+                f"{windows / wall:,.0f}",
+                f"{peak / 2**20:.0f}",
+                f"{peak / base:.2f}",
+            ]
+        )
+        shutil.rmtree(setup["work"] / "out-memory", ignore_errors=True)
+    print("\nmemory: ours (ONNX, batch 1024, outputs written) on growing inputs")
+    print_table(["input", "windows", "wall s", "windows/s (with start-up)", "peak RSS MB", "vs 1x"], rows)
+
+
+def model_only(args, setup: dict) -> None:
+    """The predictors alone, in this process: windows/s without reading or writing."""
+    from sequifier.predictors import load_predictor
+
+    torch.set_num_threads(torch.get_num_threads())
+    rng = np.random.default_rng(0)
+    rows = []
+    for model in ("pt", "onnx"):
+        predictor = load_predictor(setup[model], "cpu", False)
+        classes = predictor.args.input_columns[0][2]
+        for batch, n in ((1, 500), (args.batch, 20 * args.batch)):
+            inputs = {"itemId": rng.integers(3, classes, size=(batch, 32)).astype(np.int32)}
+            predictor(inputs)
+            started = time.perf_counter()
+            for _ in range(n // batch):
+                predictor(inputs)
+            rows.append([model, batch, f"{n / (time.perf_counter() - started):,.0f}"])
+    print("\nthe model alone (no input or output), this process, CPU")
+    print_table(["model", "batch", "windows/s"], rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    arg = parser.add_argument
+    arg("--parts", default="speed,batch1,generate,memory,model")
+    arg("--repeats", type=int, default=3, help="alternated whole-process runs of each variant")
+    arg("--batch", type=int, default=128, help="the batch size compared (the original's config has 128)")
+    arg("--batch1-windows", type=int, default=2000, help="batch1: windows inferred one at a time")
+    arg("--steps", type=int, default=20, help="generate: items generated per sequence")
+    arg("--memory-sizes", default="1,4,16", help="memory: input sizes in copies of the training split")
+    arg("--upstream", help=f"the original's binary (default {bench.UPSTREAM_DEFAULT} if present)")
+    arg("--epochs", type=int, default=1, help=argparse.SUPPRESS)  # the train benchmark's settings
+    arg("--out", default=str(HERE / "out"), help="data, projects and logs (git-ignored)")
+    args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    out = Path(args.out).resolve()
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    setup = prepare(args, out)
+    print(
+        f"ours {setup['pt'].name} / {setup['onnx'].name}; original {setup.get('upstream_model', 'not found')}"
+    )
+    if "speed" in parts:
+        speed(args, setup, out, args.batch, setup["windows"], "speed")
+        speed(args, setup, out, 1024, setup["windows"], "speed-1024")
+    if "batch1" in parts:
+        speed(args, setup, out, 1, args.batch1_windows, "batch1")
+    if "generate" in parts:
+        generate(args, setup, out)
+    if "memory" in parts:
+        memory(args, setup, out)
+    if "model" in parts:
+        model_only(args, setup)
+    print("GPU: none on this machine; run with device: cuda (pt) where one is available.")
+    print(f"\nbenchmark took {time.perf_counter() - started:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
