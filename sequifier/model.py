@@ -80,16 +80,18 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        length = x.shape[-2]
-        cos, sin = self.cos[:length].to(x.dtype), self.sin[:length].to(x.dtype)
+    def forward(self, x: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """x at positions start, start + 1, ..."""
+        end = start + x.shape[-2]
+        cos, sin = self.cos[start:end].to(x.dtype), self.sin[start:end].to(x.dtype)
         even, odd = x[..., 0::2], x[..., 1::2]
         rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
         return rotated.flatten(-2)
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head attention with n_kv_heads key/value heads (mha, gqa or mqa)."""
+    """Multi-head attention with n_kv_heads key/value heads (mha, gqa or mqa). With `last`, only
+    the last position queries (it sees every position): what an export needs of the last block."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -106,19 +108,20 @@ class CausalSelfAttention(nn.Module):
             else None
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
         batch, length, dim = x.shape
-        q = self.query(x).view(batch, length, self.n_head, self.head_dim).transpose(1, 2)
+        queries = x[:, -1:] if last else x
+        q = self.query(queries).view(batch, queries.shape[1], self.n_head, self.head_dim).transpose(1, 2)
         k, v = self.key_value(x).view(batch, length, 2, self.n_kv_heads, self.head_dim).unbind(2)
         k, v = k.transpose(1, 2), v.transpose(1, 2)
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, start=length - q.shape[2]), self.rotary(k)
         if self.n_kv_heads != self.n_head:
             repeat = self.n_head // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(batch, length, dim))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=not last)
+        return self.out(y.transpose(1, 2).reshape(batch, queries.shape[1], dim))
 
 
 class FeedForward(nn.Module):
@@ -149,11 +152,13 @@ class Block(nn.Module):
         self.feed_forward = FeedForward(args)
         self.dropout = nn.Dropout(args.dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, last: bool = False) -> torch.Tensor:
+        """[batch, length, dim] -> the same, or with `last` the last position only, [batch, 1, dim]."""
+        residual = x[:, -1:] if last else x
         if self.norm_first:
-            x = x + self.dropout(self.attention(self.attention_norm(x)))
+            x = residual + self.dropout(self.attention(self.attention_norm(x), last))
             return x + self.dropout(self.feed_forward(self.feed_forward_norm(x)))
-        x = self.attention_norm(x + self.dropout(self.attention(x)))
+        x = self.attention_norm(residual + self.dropout(self.attention(x, last)))
         return self.feed_forward_norm(x + self.dropout(self.feed_forward(x)))
 
 
@@ -187,14 +192,15 @@ class Transformer(nn.Module):
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
 
-    def hidden(self, inputs: dict) -> torch.Tensor:
-        """The final-norm hidden states, [batch, length, dim_model]."""
+    def hidden(self, inputs: dict, last_only: bool = False) -> torch.Tensor:
+        """The final-norm hidden states, [batch, length, dim_model]; with `last_only`, those of the
+        last position, [batch, 1, dim_model], for less work: the last block skips the others."""
         x = self.encoders(inputs)
         if self.positions is not None:
             x = x + self.positions.weight[: x.shape[1]]
         x = self.dropout(x)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, last=last_only and i == len(self.blocks) - 1)
         return self.final_norm(x)
 
     def predict(self, hidden: torch.Tensor) -> dict:
@@ -218,7 +224,7 @@ class GenerativeHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> tuple:
-        hidden = self.model.hidden(dict(zip(self.names, inputs)))[:, -1:]
+        hidden = self.model.hidden(dict(zip(self.names, inputs)), last_only=True)
         return tuple(out[:, 0] for out in self.model.predict(hidden).values())
 
 
@@ -231,4 +237,4 @@ class EmbeddingHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
-        return self.model.hidden(dict(zip(self.names, inputs)))[:, -1]
+        return self.model.hidden(dict(zip(self.names, inputs)), last_only=True)[:, -1]

@@ -100,3 +100,24 @@ def test_export_heads_give_the_last_position():
 def test_model_args_round_trip_through_a_dict():
     args = make_args(activation_fn="swiglu")
     assert ModelArgs.from_dict(args.to_dict()) == args
+
+
+@pytest.mark.parametrize("norm_first", [True, False])
+@pytest.mark.parametrize("positional_encoding, attention", [("learned", "mha"), ("rope", "gqa")])
+def test_the_last_position_alone_equals_the_full_forward(norm_first, positional_encoding, attention):
+    """The export heads compute the last block for the last position only: same numbers."""
+    args = ModelArgs(
+        input_columns=(("item", "categorical", 9, 12), ("price", "real", 0, 4)),
+        target_columns=(("item", "categorical", 9), ("price", "real", 0)),
+        seq_length=7, dim_model=16, n_head=4, n_kv_heads=2 if attention == "gqa" else 4, dim_feedforward=24,
+        num_layers=3, norm_first=norm_first, positional_encoding=positional_encoding,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = Transformer(args).eval()
+    inputs = (torch.randint(0, 9, (5, 7), dtype=torch.int32), torch.randn(5, 7))
+    full = model({"item": inputs[0], "price": inputs[1]})
+    item, price = GenerativeHead(model)(*inputs)
+    torch.testing.assert_close(item, full["item"][:, -1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(price, full["price"][:, -1], rtol=1e-5, atol=1e-5)
+    hidden = model.hidden({"item": inputs[0], "price": inputs[1]})[:, -1]
+    torch.testing.assert_close(EmbeddingHead(model)(*inputs), hidden, rtol=1e-5, atol=1e-5)
