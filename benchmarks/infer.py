@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import train as bench  # noqa: E402  (the train benchmark's data, configs and tool runners)
@@ -166,42 +165,45 @@ def speed(args, setup: dict, out: Path, batch: int, windows: int, label: str) ->
     )
 
 
+def first_sequence(path: Path, target: Path) -> Path:
+    """The windows of the first sequence of a window file."""
+    table = pq.read_table(path)
+    ids = table.column("sequenceId")
+    pq.write_table(table.filter(ids.to_numpy() == ids[0].as_py()), target)
+    return target
+
+
 def generate(args, setup: dict, out: Path) -> None:
-    """Autoregressive items/s: every test sequence continued by --steps items."""
+    """Autoregressive items/s: every sequence of the training split continued by --steps items."""
     work, steps = setup["work"], args.steps
-    sequences = pq.read_table(setup["test"], columns=["sequenceId"]).column(0).unique()
-    small = pq.read_table(setup["test"]).filter(
-        pq.read_table(setup["test"], columns=["sequenceId"]).column(0).to_numpy() == sequences[0].as_py()
-    )
-    small_path = work / "test-one-sequence.parquet"
-    pq.write_table(small, small_path)
+    sequences = len(pq.read_table(setup["split"], columns=["sequenceId"]).column(0).unique())
     ar = {"autoregression": True, "autoregression_total_steps": steps, "output_probabilities": False}
+    small = first_sequence(setup["split"], work / "one-sequence.parquet")
     variants = {
         f"ours {model}": {
-            "small": ours_command(setup, model, small_path, work / "out-ar-small", **ar),
-            "big": ours_command(setup, model, setup["test"], work / "out-ar", **ar),
+            "small": ours_command(setup, model, small, work / "out-ar-small", batch=args.batch, **ar),
+            "big": ours_command(setup, model, setup["split"], work / "out-ar", batch=args.batch, **ar),
         }
         for model in ("pt", "onnx")
     }
     if "upstream" in setup:
-        root = setup["upstream_root"]
-        up_test = root / "data" / "categorical-split2.parquet"
-        up_ids = pq.read_table(up_test, columns=["sequenceId"]).column(0)
-        up_small = root / "data" / "up-one-sequence.parquet"
-        pq.write_table(pq.read_table(up_test).filter(up_ids.to_numpy() == up_ids[0].as_py()), up_small)
+        up = setup["upstream_split"]
+        up_small = first_sequence(up, setup["upstream_root"] / "data" / "up-one-sequence.parquet")
         extra = {"autoregressive": "true", "generation_steps": steps}
         variants["original onnx"] = {
-            "small": upstream_command(setup, up_small, 128, **extra),
-            "big": upstream_command(setup, up_test, 128, **extra),
+            "small": upstream_command(setup, up_small, args.batch, **extra),
+            "big": upstream_command(setup, up, args.batch, **extra),
         }
-    items = len(sequences) * steps
-    results = rate(args, variants, steps, items, out / "logs" / "infer-generate.log")
+    results = rate(args, variants, steps, sequences * steps, out / "logs" / "infer-generate.log")
     base = results.get("original onnx", (None,))[0]
     rows = [
         [name, f"{r:,.0f}", f"{big:.2f}", f"{r / base:.2f}x" if base else "-"]
         for name, (r, big, _, _) in results.items()
     ]
-    print(f"\nautoregression: {len(sequences)} sequences x {steps} items, batch 1024 (ours) / 128 (original)")
+    print(
+        f"\nautoregression: {sequences:,} sequences x {steps} items, batch {args.batch}, CPU; "
+        f"medians of {args.repeats}"
+    )
     print_table(["model", "items/s", "wall s", "vs original"], rows)
 
 
@@ -237,24 +239,42 @@ def memory(args, setup: dict, out: Path) -> None:
 
 
 def model_only(args, setup: dict) -> None:
-    """The predictors alone, in this process: windows/s without reading or writing."""
+    """The models alone, in this process: windows/s without reading or writing, best of 10 rounds
+    taken in turns (the original's ONNX file with the inputs it declares)."""
+    import onnxruntime
+
     from sequifier.predictors import load_predictor
 
-    torch.set_num_threads(torch.get_num_threads())
-    rng = np.random.default_rng(0)
-    rows = []
+    ids = np.random.default_rng(0).integers(3, 50, size=(args.batch, 32))
+    runners = {}
     for model in ("pt", "onnx"):
         predictor = load_predictor(setup[model], "cpu", False)
-        classes = predictor.args.input_columns[0][2]
-        for batch, n in ((1, 500), (args.batch, 20 * args.batch)):
-            inputs = {"itemId": rng.integers(3, classes, size=(batch, 32)).astype(np.int32)}
-            predictor(inputs)
-            started = time.perf_counter()
-            for _ in range(n // batch):
-                predictor(inputs)
-            rows.append([model, batch, f"{n / (time.perf_counter() - started):,.0f}"])
-    print("\nthe model alone (no input or output), this process, CPU")
-    print_table(["model", "batch", "windows/s"], rows)
+        runners[f"ours {model}"] = lambda x, p=predictor: p({"itemId": x.astype(np.int32)})
+    if "upstream" in setup:
+        session = onnxruntime.InferenceSession(
+            str(setup["upstream_model"]), providers=["CPUExecutionProvider"]
+        )
+        names = [i.name for i in session.get_inputs()]  # its ids (int64) and a mask of valid positions
+
+        def upstream(x, session=session, names=names):
+            return session.run(None, {names[0]: x.astype(np.int64), names[1]: np.ones(x.shape, dtype=bool)})
+
+        runners["original onnx"] = upstream
+    rows = []
+    for batch, calls in ((1, 200), (args.batch, 10)):
+        best = dict.fromkeys(runners, np.inf)
+        for _ in range(10):
+            for name, runner in runners.items():
+                runner(ids[:batch])
+                started = time.perf_counter()
+                for _ in range(calls):
+                    runner(ids[:batch])
+                best[name] = min(best[name], (time.perf_counter() - started) / calls)
+        base = best.get("original onnx")
+        for name, seconds in best.items():
+            rows.append([name, batch, f"{batch / seconds:,.0f}", f"{base / seconds:.2f}x" if base else "-"])
+    print("\nthe models alone (no input or output), this process, CPU; best of 10 rounds in turns")
+    print_table(["model", "batch", "windows/s", "vs original"], rows)
 
 
 def main() -> None:

@@ -112,6 +112,8 @@ class Application:
         return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
     def chunk_tables(self, chunk: dict) -> list:
+        if len(chunk[PAD]) == 0:  # a file without windows: its outputs hold the columns only
+            return []
         ids = chunk[IDS]
         positions = ids[START].astype(np.int64) + self.width
         embedding = self.config["model_type"] == "embedding"

@@ -119,7 +119,7 @@ def _check_columns(plan: InferPlan, args, data_metadata: dict, metadata_name: st
         )
 
 
-def _targets(plan: InferPlan, args, description: dict) -> tuple[list, list, list]:
+def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
     config = plan.config
     kinds = {name: kind for name, kind, _ in args.target_columns}
     targets = config["target_columns"] or list(kinds)
@@ -178,7 +178,7 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
         data_metadata, metadata_name = description["metadata"], f"the metadata of {model_path}"
     _check_columns(plan, args, data_metadata, metadata_name)
     targets, probabilities, sampled = (
-        _targets(plan, args, description) if config["model_type"] == "generative" else ([], [], [])
+        _targets(plan, args) if config["model_type"] == "generative" else ([], [], [])
     )
     data_path = plan.root / (config["data_path"] or data_metadata["split_paths"][-1])
     windows = WindowSource(

@@ -37,7 +37,7 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    def __init__(self, path: Path, threads: int | None = None):
+    def __init__(self, path: Path):
         import onnx
         import onnxruntime
 
@@ -50,8 +50,6 @@ class OnnxPredictor:
         self.description = read_onnx_description(path, proto)
         self.args = ModelArgs.from_dict(self.description["model_args"])
         options = onnxruntime.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
         options.log_severity_level = 3  # warnings about unused initializers are not the user's business
         self.session = onnxruntime.InferenceSession(
             proto.SerializeToString(), options, providers=onnxruntime.get_available_providers()
