@@ -108,3 +108,14 @@ def resolve(stage: str, data: dict, source: str, overrides: dict | None = None) 
 def load(stage: str, path, overrides: dict | None = None) -> dict:
     """Read a stage config file and resolve it; errors name `path`."""
     return resolve(stage, read_yaml(path), str(path), overrides)
+
+
+def load_linked(stage: str, root: Path, config: dict, key: str, source: str, instead: str) -> dict:
+    """The `stage` config that `key` of a config names (relative to root), resolved; used when the
+    config leaves `instead` to it."""
+    path = root / config[key]
+    if not path.is_file():
+        raise ConfigError(
+            f"{source}: {instead} is null and the {stage} config {path} ({key}) does not exist; set {instead}"
+        )
+    return load(stage, path)

@@ -48,13 +48,7 @@ class ModelSetup:
 
 
 def _default_model(config: dict, source: str, root: Path) -> Path:
-    train_path = root / config["train_config_path"]
-    if not train_path.is_file():
-        raise ConfigError(
-            f"{source}: model_path is null and the train config {train_path} (train_config_path) does not "
-            "exist; set model_path to a model file"
-        )
-    train = stage_config.load("train", train_path)
+    train = stage_config.load_linked("train", root, config, "train_config_path", source, "model_path")
     models, name = root / train["project_root"] / train["models_path"], train["model_name"]
     label = "best-embedding" if config["model_type"] == "embedding" else "best"
     pattern = re.compile(rf"sequifier-{re.escape(name)}-{label}-(\d+)\.pt$")

@@ -88,13 +88,9 @@ def _find_metadata(config: dict, source: str) -> Path:
     root = Path(config["project_root"])
     if config["metadata_config_path"]:
         return root / config["metadata_config_path"]
-    preprocess_path = root / config["preprocess_config_path"]
-    if not preprocess_path.is_file():
-        raise ConfigError(
-            f"{source}: metadata_config_path is null and the preprocess config {preprocess_path} "
-            "(preprocess_config_path) does not exist; set metadata_config_path to the metadata file"
-        )
-    preprocess = stage_config.load("preprocess", preprocess_path)
+    preprocess = stage_config.load_linked(
+        "preprocess", root, config, "preprocess_config_path", source, "metadata_config_path"
+    )
     preprocess["project_root"] = str(root / preprocess["project_root"])  # both configs are of this project
     return metadata_path_of(preprocess)
 

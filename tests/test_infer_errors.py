@@ -110,6 +110,10 @@ CASES = {
         no_models,
         ["model_path is null and", "empty-models holds no sequifier-default-best-EPOCH.pt", "train first"],
     ),
+    "no train config to find the model": (
+        {"train_config_path": "configs/none.yaml"},
+        ["model_path is null and the train config", "configs/none.yaml (train_config_path) does not exist"],
+    ),
     "two models with the same output names": (
         lambda project: {"model_path": [model_file(project, "pt"), model_file(project, "onnx")]},
         ["give the same output names (sequifier-default-best-...)"],
