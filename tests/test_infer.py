@@ -284,3 +284,32 @@ def test_the_configs_of_make_run_unedited_after_train(trained):
         "predictions/sequifier-default-best-predictions.csv",
         "probabilities/sequifier-default-best-itemId-probabilities.csv",
     ]
+
+
+@pytest.mark.parametrize("write_format", ["csv", "pt"])
+def test_windows_of_every_format_give_the_same_predictions(trained, write_format):
+    metadata = preprocess_again(trained, f"as-{write_format}", write_format=write_format)
+    infer(trained, f"out-{write_format}", metadata_config_path=metadata)
+    infer(trained, "out-parquet")
+    merged = pd.read_csv(trained / "out-parquet/predictions/sequifier-default-best-predictions.csv")
+    found = trained / f"out-{write_format}/predictions/sequifier-default-best-predictions"
+    if write_format == "pt":  # pt windows are a folder of shards: so are the outputs
+        predictions = pd.concat([pd.read_csv(p) for p in sorted(found.iterdir())], ignore_index=True)
+    else:
+        predictions = pd.read_csv(found.with_suffix(".csv"))
+    pd.testing.assert_frame_equal(predictions, merged, check_exact=False, rtol=1e-6)
+
+
+def test_map_to_id_false_writes_the_ids(trained):
+    infer(trained, "out-ids", map_to_id=False)
+    predictions = pd.read_csv(trained / "out-ids/predictions/sequifier-default-best-predictions.csv")
+    probabilities = pd.read_csv(
+        trained / "out-ids/probabilities/sequifier-default-best-itemId-probabilities.csv"
+    )
+    ids = {
+        value: i
+        for value, i in load_bundle(trained / model_file(trained))[1]["metadata"]["id_maps"]["itemId"].items()
+    }
+    assert list(probabilities.columns[2:]) == [str(i) for i in sorted(ids.values())]
+    items, _ = by_hand(trained)
+    assert list(predictions.itemId) == [ids[item] for item in items]
