@@ -57,7 +57,7 @@ class Application:
         found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *self.setup.targets])]
         for target in self.setup.probabilities:
             names = [SEQUENCE, POSITION, *self.decoder.class_names(target)]
-            found.append((target, "probabilities", f"{target}-probabilities", names))
+            found.append((f"probabilities of {target}", "probabilities", f"{target}-probabilities", names))
         return found
 
     def run(self) -> list:
@@ -146,7 +146,7 @@ class Application:
             names = self.decoder.class_names(target)
             columns = {SEQUENCE: sequences, POSITION: positions}
             columns.update({name: probs[:, i] for i, name in enumerate(names)})
-            tables.append((target, columns))
+            tables.append((f"probabilities of {target}", columns))
         return tables
 
 
