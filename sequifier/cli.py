@@ -9,7 +9,7 @@ import logging
 import random
 import sys
 
-PUBLIC_COMMANDS = "{make,preprocess,train,infer}"
+PUBLIC_COMMANDS = "{make,preprocess,train,infer,hyperparameter-search}"
 
 
 def _none_or_list(values):
@@ -82,7 +82,8 @@ def _add_infer_flags(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sequifier",
-        description="Train causal transformers on tables of sequences: make, preprocess, train, infer.",
+        description="Train causal transformers on tables of sequences: make, preprocess, train, infer, "
+        "hyperparameter-search.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar=PUBLIC_COMMANDS)
 
@@ -97,6 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     infer = commands.add_parser("infer", help="apply trained models: predictions, probabilities, embeddings")
     _add_infer_flags(infer)
+
+    search = commands.add_parser(
+        "hyperparameter-search", help="train every point of a search space and rank the runs"
+    )
+    search.add_argument(
+        "--config-path",
+        default="configs/hyperparameter-search.yaml",
+        help="hyperparameter-search config (YAML)",
+    )
+    search.add_argument("--project-root", help="folder the config's paths are relative to")
+    search.add_argument("--search-name", help="name of the search (overrides search_name)")
+    search.add_argument("--jobs", "-j", type=int, default=1, help="runs trained at the same time")
+    search.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
 
     step = commands.add_parser("preprocess-step")  # one step of preprocess, for the workflow
     step.add_argument("step", choices=["partition", "scan", "reduce", "windows", "merge"])
@@ -187,6 +203,20 @@ def _dispatch(args) -> None:
 
         overrides = {**_set_overrides(args.set), **_flag_overrides(args, TRAIN_FLAGS, "input_columns")}
         run(config.load("train", args.config_path, overrides), args.config_path)
+        return
+    if args.command == "hyperparameter-search":
+        from sequifier.search_run import run
+
+        flags = {"project_root": "project_root", "search_name": "search_name"}
+        overrides = {**_set_overrides(args.set)}
+        overrides |= {
+            key: getattr(args, flag) for flag, key in flags.items() if getattr(args, flag) is not None
+        }
+        if args.jobs < 1:
+            from sequifier.errors import ConfigError
+
+            raise ConfigError(f"--jobs {args.jobs}: expected 1 or more runs at a time")
+        run(config.load("hyperparameter-search", args.config_path, overrides), args.config_path, args.jobs)
         return
     if args.command == "infer":
         from sequifier.infer import run

@@ -14,7 +14,7 @@ import yaml
 from sequifier.errors import ConfigError
 
 SCHEMA_DIR = Path(__file__).parent / "schemas"
-STAGES = ("preprocess", "train", "infer")
+STAGES = ("preprocess", "train", "infer", "hyperparameter-search")
 
 
 @lru_cache(maxsize=None)

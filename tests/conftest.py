@@ -77,11 +77,11 @@ def project(tmp_path) -> Project:
     return Project(tmp_path / "project")
 
 
-def run_cli(*args, cwd, check=False):
+def run_cli(*args, cwd, check=False, env=None):
     import subprocess
 
     result = subprocess.run(
-        [sys.executable, "-m", "sequifier", *map(str, args)], cwd=cwd, capture_output=True, text=True
+        [sys.executable, "-m", "sequifier", *map(str, args)], cwd=cwd, capture_output=True, text=True, env=env
     )
     if check and result.returncode != 0:
         raise AssertionError(f"sequifier {' '.join(map(str, args))} failed:\n{result.stderr}")
