@@ -7,6 +7,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/preprocess.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/search.smk"
 include: "workflow/rules/infer.smk"
 
 
@@ -14,5 +15,6 @@ rule all:
     input:
         preprocess_outputs(),
         train_outputs(),
+        rules.leaderboard.output,
         infer_outputs(),
     default_target: True

@@ -1,5 +1,6 @@
 """The runs of a search ranked: best validation loss (total and per target), epochs, wall time and
-size of each run, read from the files its training wrote; a run without them is marked failed."""
+size of each run, read from the files its training wrote; a run without them is marked failed.
+And the look of it: validation loss per epoch of every run, in one plot (PNG)."""
 
 import csv
 import math
@@ -21,12 +22,17 @@ def parameter_count(models: Path, name: str) -> int | None:
     return sum(tensor.numel() for tensor in bundle["state_dict"].values())
 
 
+def epoch_rows(metrics_path: Path) -> list[dict]:
+    """The per-epoch rows of a metrics CSV; none when it is missing or empty."""
+    if not metrics_path.is_file() or metrics_path.stat().st_size == 0:
+        return []
+    with open(metrics_path) as handle:
+        return [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]
+
+
 def run_result(name: str, metrics_path: Path, models: Path) -> dict:
     """One row of the leaderboard from the run's metrics CSV (epoch rows) and its best model."""
-    if not metrics_path.is_file():
-        return {"run": name, "status": "failed"}
-    with open(metrics_path) as handle:
-        rows = [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]
+    rows = epoch_rows(metrics_path)
     if not rows:
         return {"run": name, "status": "failed"}
     losses = [float(row["validation_loss"]) for row in rows]
@@ -44,8 +50,10 @@ def run_result(name: str, metrics_path: Path, models: Path) -> dict:
     }
 
 
-def ranked(results: list[dict], points: dict) -> list[dict]:
-    """Finished runs by best validation loss, then the failed ones; each with its point."""
+def ranked(results: list[dict], table: list[dict]) -> list[dict]:
+    """Finished runs by best validation loss, then the failed ones; each with its point (its row
+    of runs.csv, `table`)."""
+    points = {row["run"]: {key: value for key, value in row.items() if key != "run"} for row in table}
     done = sorted((r for r in results if r["status"] == "done"), key=lambda r: r["best_validation_loss"])
     failed = [r for r in results if r["status"] != "done"]
     rows = []
@@ -54,11 +62,42 @@ def ranked(results: list[dict], points: dict) -> list[dict]:
     return rows
 
 
-def write_leaderboard(path: Path, rows: list[dict]) -> None:
-    columns = list(FIXED)
+def write_table(path: Path, rows: list[dict], first: tuple = ()) -> None:
+    """Rows as a CSV file, written atomically; the columns `first`, then all others in order."""
+    columns = list(first)
     for row in rows:
         columns += [key for key in row if key not in columns]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
+
+
+def write_leaderboard(path: Path, rows: list[dict]) -> None:
+    write_table(path, rows, FIXED)
+
+
+def plot_curves(path: Path, metrics: dict, title: str) -> None:
+    """Validation loss per epoch of every run with metrics ({run: metrics CSV}), as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for name, metrics_path in metrics.items():
+        rows = epoch_rows(metrics_path)
+        if rows:
+            epochs = [int(row["epoch"]) for row in rows]
+            axes.plot(epochs, [float(row["validation_loss"]) for row in rows], marker="o", label=name)
+    axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation loss")
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    if axes.lines:
+        axes.legend(fontsize=7)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=120)
+    plt.close(figure)

@@ -98,6 +98,8 @@ def run_configs(ids: dict, base: dict, source: str, overrides) -> dict:
                 "train", base, f"run {name}", {**point, **overrides(name, point)}
             )
         except ConfigError as error:
+            if not point:  # no search: the base config itself
+                raise ConfigError(f"{source}: {error}") from None
             keys = ", ".join(f"space.{key}" for key in point)
             raise ConfigError(
                 f"{source}: a point of the space ({keys}) is not a valid train config:\n{error}"

@@ -1,13 +1,12 @@
 """`sequifier hyperparameter-search`: a search trained run by run, then ranked.
 
 In output_path/{search_name}/: runs.csv (run id -> its point), runs/{run}.yaml (the run's complete
-train config), logs/{run}.log and leaderboard.csv. Every run is `sequifier train` in a process of
-its own (`jobs` at a time), so a run that fails does not stop the others; it is marked failed in
-the leaderboard and tried again by the next search. A run whose config is unchanged since it
-finished is not trained again.
+train config), logs/{run}.log, leaderboard.csv and curves.png (validation loss per epoch). Every
+run is `sequifier train` in a process of its own (`jobs` at a time), so a run that fails does not
+stop the others; it is marked failed in the leaderboard and tried again by the next search. A run
+whose config is unchanged since it finished is not trained again.
 """
 
-import csv
 import hashlib
 import logging
 import os
@@ -55,11 +54,7 @@ class Search:
         return self.folder / "runs" / f"{name}.done"
 
     def write_runs(self) -> None:
-        with atomic_path(self.folder / "runs.csv") as tmp, open(tmp, "w", newline="") as handle:
-            rows = search.points_table(self.points)
-            writer = csv.DictWriter(handle, list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        leaderboard.write_table(self.folder / "runs.csv", search.points_table(self.points))
         for name, resolved in self.configs.items():
             text = f"# Train config of run {name} of search {self.config['search_name']}.\n"
             text += yaml.safe_dump(resolved, sort_keys=False)
@@ -109,15 +104,22 @@ class Search:
                 else:
                     log.warning("run %s failed (exit %d); see %s", name, process.returncode, handle.name)
 
+    def metrics_paths(self) -> dict:
+        """{run: metrics CSV} of the finished runs."""
+        return {
+            name: Path(resolved["project_root"]) / resolved["logs_path"] / f"sequifier-{name}-metrics.csv"
+            for name, resolved in self.configs.items()
+            if self.finished(name)
+        }
+
     def results(self) -> list[dict]:
-        found = []
+        found, metrics = [], self.metrics_paths()
         for name, resolved in self.configs.items():
-            if not self.finished(name):
+            if name not in metrics:
                 found.append({"run": name, "status": "failed"})
                 continue
-            root = Path(resolved["project_root"])
-            metrics = root / resolved["logs_path"] / f"sequifier-{name}-metrics.csv"
-            result = leaderboard.run_result(name, metrics, root / resolved["models_path"])
+            models = Path(resolved["project_root"]) / resolved["models_path"]
+            result = leaderboard.run_result(name, metrics[name], models)
             result["wall_s"] = round(read_json(self.stamp_path(name))["wall_s"], 1)  # the whole process
             found.append(result)
         return found
@@ -130,11 +132,11 @@ def run(loaded: dict, source: str = "hyperparameter-search config", jobs: int = 
     todo = [name for name in found.configs if not found.finished(name)]
     log.info("search %s: %d runs, %d to train", loaded["search_name"], len(found.configs), len(todo))
     found.train(todo, jobs)
-    points = {
-        row["run"]: {k: v for k, v in row.items() if k != "run"} for row in search.points_table(found.points)
-    }
-    rows = leaderboard.ranked(found.results(), points)
+    rows = leaderboard.ranked(found.results(), search.points_table(found.points))
     leaderboard.write_leaderboard(found.folder / "leaderboard.csv", rows)
+    leaderboard.plot_curves(
+        found.folder / "curves.png", found.metrics_paths(), f"search {loaded['search_name']}"
+    )
     best = rows[0] if rows and rows[0]["status"] == "done" else None
     if best:
         log.info("best run %s: validation loss %.5f", best["run"], best["best_validation_loss"])

@@ -18,7 +18,8 @@ import yaml
 from conftest import REPO, run_cli
 
 BIN = Path(sys.executable).parent
-RUN = Path("results/example/runs/default")
+RUNS = ("dim_model-16", "dim_model-32")  # the grid of config/config.yaml
+RUN = Path("results/example/runs/dim_model-16")
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +78,8 @@ def job_counts(output):
     }
 
 
-def metrics(root):
-    with open(root / RUN / "metrics.csv") as handle:
+def metrics(root, run=RUN.name):
+    with open(root / "results/example/runs" / run / "metrics.csv") as handle:
         return list(csv.DictReader(handle))
 
 
@@ -97,18 +98,19 @@ def test_dry_run_lists_one_job_per_part_split_and_run(workflow):
         "metadata": 1,
         "windows": 3,
         "merge": 3,
-        "run_config": 1,
-        "train": 1,
+        "run_config": 2,
+        "train": 2,
+        "leaderboard": 1,
         "infer": 2,
         "all": 1,
-        "total": 16,
+        "total": 19,
     }
 
 
 def test_slurm_profile_dry_run_asks_a_gpu_for_training(workflow):
     result = snakemake(workflow, "--profile", "workflow/profiles/slurm", "-n")
     assert result.returncode == 0, result.stderr
-    assert job_counts(result.stdout)["train"] == 1
+    assert job_counts(result.stdout)["train"] == 2
     train = result.stdout.split("rule train:")[1].split("\n\n")[0]
     assert "gpu=1" in train and "slurm_partition=gpu" in train, train
 
@@ -121,14 +123,24 @@ def test_gpu_resource_picks_the_device_and_the_launcher(workflow, gpus, launch):
     result = snakemake(workflow, "-n", "--set-resources", f"train:gpu={gpus}")
     assert result.returncode == 0, result.stderr
     command = result.stdout.split("rule train:")[1].split("Shell command:")[1].splitlines()[0]
-    assert f"{launch} --config-path results/example/runs/default/train.yaml" in command, command
+    assert f"{launch} --config-path results/example/runs/dim_model-" in command, command
     assert "--set training_spec.device=cuda" in command, command
 
 
 def test_workflow_matches_the_cli(built, tmp_path):
     results = built / "results" / "example"
     assert not (results / "preprocess-work").exists(), "intermediate files are removed"
-    for rule in ("partition", "scan", "metadata", "windows", "merge", "run_config", "train", "infer"):
+    for rule in (
+        "partition",
+        "scan",
+        "metadata",
+        "windows",
+        "merge",
+        "run_config",
+        "train",
+        "leaderboard",
+        "infer",
+    ):
         assert any((built / "logs" / "example" / rule).iterdir()), f"{rule} has a log"
 
     run_cli(
@@ -156,39 +168,67 @@ def test_workflow_matches_the_cli(built, tmp_path):
     assert from_workflow["split_paths"][0] == "results/example/data/example-split0.parquet"
 
 
-def test_workflow_trains_the_example_model(built):
-    run = built / RUN
+@pytest.mark.parametrize("name, width", [("dim_model-16", 16), ("dim_model-32", 32)])
+def test_workflow_trains_a_run_per_point_of_the_grid(built, name, width):
+    run = built / "results/example/runs" / name
     resolved = yaml.safe_load((run / "train.yaml").read_text())
-    assert resolved["model_name"] == "default"
+    assert resolved["model_name"] == name and resolved["model_spec"]["dim_model"] == width
     assert resolved["metadata_config_path"] == "results/example/metadata.json"
-    assert resolved["models_path"] == "results/example/runs/default/models"
-    wandb = {key: resolved["wandb"][key] for key in ("project", "group", "name")}
-    assert wandb == {"project": "sequifier", "group": "example", "name": "default"}
+    assert resolved["models_path"] == f"results/example/runs/{name}/models"
+    wandb = {key: resolved["wandb"][key] for key in ("project", "group", "name", "tags")}
+    assert wandb == {"project": "sequifier", "group": "example", "name": name, "tags": [f"dim_model={width}"]}
     epochs = yaml.safe_load((built / "config" / "train.yaml").read_text())["training_spec"]["epochs"]
-    assert [int(row["epoch"]) for row in metrics(built)] == list(range(1, epochs + 1))
-    assert all(float(row["validation_loss"]) > 0 for row in metrics(built))
+    rows = metrics(built, name)
+    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    assert all(float(row["validation_loss"]) > 0 for row in rows)
     models = sorted(path.name for path in (run / "models").glob("sequifier-*"))
     assert models == sorted(
-        f"sequifier-default-{label}{kind}-{epochs}.{suffix}"
+        f"sequifier-{name}-{label}{kind}-{epochs}.{suffix}"
         for label in ("best", "last")
         for kind in ("", "-embedding")
         for suffix in ("pt", "onnx")
     )
-    assert (run / "checkpoints" / f"sequifier-default-epoch-{epochs}.pt").is_file()
-    assert "training default" in (built / "logs" / "example" / "train" / "default.log").read_text()
+    assert (run / "checkpoints" / f"sequifier-{name}-epoch-{epochs}.pt").is_file()
+    assert f"training {name}" in (built / "logs" / "example" / "train" / f"{name}.log").read_text()
+    assert json.loads((run / "status.json").read_text())["status"] == "done"
 
 
-def test_workflow_infers_with_the_best_model_of_each_run(built, tmp_path):
-    infer = built / RUN / "infer"
+def leaderboard(root):
+    with open(root / "results/example/leaderboard.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_the_leaderboard_ranks_the_runs_by_their_metrics(built):
+    rows = leaderboard(built)
+    assert sorted(row["run"] for row in rows) == list(RUNS) and [row["rank"] for row in rows] == ["1", "2"]
+    for row in rows:
+        best = min(metrics(built, row["run"]), key=lambda m: float(m["validation_loss"]))
+        assert float(row["best_validation_loss"]) == float(best["validation_loss"])
+        assert float(row["best_validation_loss_price"]) == float(best["validation_loss_price"])
+        assert row["best_epoch"] == best["epoch"] and row["status"] == "done"
+        assert row["model_spec.dim_model"] == row["run"].split("-")[1]
+    assert float(rows[0]["best_validation_loss"]) <= float(rows[1]["best_validation_loss"])
+    small, large = sorted(rows, key=lambda row: int(row["model_spec.dim_model"]))
+    assert int(small["parameters"]) < int(large["parameters"])
+    assert (built / "results/example/curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with open(built / "results/example/runs.csv") as handle:
+        assert list(csv.DictReader(handle)) == [
+            {"run": run, "model_spec.dim_model": run.split("-")[1]} for run in RUNS
+        ]
+
+
+def test_workflow_infers_with_the_best_run(built, tmp_path):
+    best = leaderboard(built)[0]["run"]
+    infer = built / "results/example/infer/best"
     files = sorted(p.relative_to(infer).as_posix() for p in infer.rglob("sequifier-*"))
     assert files == [
-        "embeddings/embeddings/sequifier-default-best-embeddings.parquet",
-        "predictions/predictions/sequifier-default-best-predictions.csv",
-        "predictions/probabilities/sequifier-default-best-itemId-probabilities.csv",
+        f"embeddings/embeddings/sequifier-{best}-best-embeddings.parquet",
+        f"predictions/predictions/sequifier-{best}-best-predictions.csv",
+        f"predictions/probabilities/sequifier-{best}-best-itemId-probabilities.csv",
     ]
-    (best,) = (built / RUN / "models").glob("sequifier-default-best-[0-9]*.pt")
+    (model,) = (built / "results/example/runs" / best / "models").glob(f"sequifier-{best}-best-[0-9]*.pt")
     run_cli(
-        "infer", "--config-path", "config/infer.yaml", "--model-path", best.relative_to(built),
+        "infer", "--config-path", "config/infer.yaml", "--model-path", model.relative_to(built),
         "--metadata-config-path", "results/example/metadata.json", "--output-path", tmp_path,
         cwd=built, check=True,
     )  # fmt: skip
@@ -198,6 +238,13 @@ def test_workflow_infers_with_the_best_model_of_each_run(built, tmp_path):
     windows = json.loads((built / "results/example/metadata.json").read_text())["n_windows"]["test"]
     with open(infer / files[1]) as handle:
         assert sum(1 for _ in handle) == windows + 1
+
+
+def test_the_report_holds_the_leaderboard_and_the_curves(built):
+    result = snakemake(built, "--report", "results/example/report.html")
+    assert result.returncode == 0, result.stderr
+    assert "Adding leaderboard.csv" in result.stderr and "Adding curves.png" in result.stderr
+    assert (built / "results/example/report.html").stat().st_size > 10_000
 
 
 def test_rerun_is_a_no_op(built):
@@ -214,14 +261,17 @@ def test_changed_config_trains_afresh_and_an_interrupted_run_resumes(built, tmp_
     path.write_text(yaml.safe_dump(train))
     dry = snakemake(root, "-n")
     assert dry.returncode == 0, dry.stderr
-    assert job_counts(dry.stdout) == {"run_config": 1, "train": 1, "infer": 2, "all": 1, "total": 5}
+    assert job_counts(dry.stdout) == {
+        "run_config": 2, "train": 2, "leaderboard": 1, "infer": 2, "all": 1, "total": 8
+    }  # fmt: skip
 
     # Ctrl-C once the first checkpoint of the new run is written (its stamp is in place).
-    checkpoints, log = root / RUN / "checkpoints", root / "logs" / "example" / "train" / "default.log"
+    checkpoints, log = root / RUN / "checkpoints", root / "logs" / "example" / "train" / f"{RUN.name}.log"
     started = snakemake(root, "--cores", "2", wait=False)
     deadline = time.monotonic() + 120
     while not (
-        (checkpoints / "inputs.cksum").exists() and (checkpoints / "sequifier-default-epoch-1.pt").exists()
+        (checkpoints / "inputs.cksum").exists()
+        and (checkpoints / f"sequifier-{RUN.name}-epoch-1.pt").exists()
     ):
         assert started.poll() is None and time.monotonic() < deadline, started.communicate()
         time.sleep(0.1)
@@ -236,6 +286,39 @@ def test_changed_config_trains_afresh_and_an_interrupted_run_resumes(built, tmp_
     assert [row["epoch"] for row in metrics(root)] == ["1", "2"]
     assert not list((root / RUN / "models").glob("*.onnx"))
     assert not (checkpoints / "inputs.cksum").exists(), "a finished run is not resumed"
+
+
+def search_space(root, space):
+    path = root / "config" / "config.yaml"
+    experiment = yaml.safe_load(path.read_text())
+    experiment["search"]["space"] = space
+    path.write_text(yaml.safe_dump(experiment))
+
+
+def test_a_new_grid_value_runs_only_its_jobs(built, tmp_path):
+    root = copy_of(built, tmp_path)
+    search_space(root, {"model_spec.dim_model": [16, 32, 48]})
+    dry = snakemake(root, "-n")
+    assert dry.returncode == 0, dry.stderr
+    assert job_counts(dry.stdout) == {
+        "run_config": 1, "train": 1, "leaderboard": 1, "infer": 2, "all": 1, "total": 6
+    }  # fmt: skip
+    assert "wildcards: run=dim_model-48" in dry.stdout
+
+
+def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
+    root = copy_of(built, tmp_path)
+    search_space(root, {"model_spec.n_head": [4, 3]})  # dim_model 32: 3 heads cannot train
+    result = snakemake(root, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {row["run"]: row for row in leaderboard(root)}
+    assert rows["n_head-4"]["status"] == "done" and rows["n_head-4"]["rank"] == "1"
+    assert rows["n_head-3"]["status"] == "failed" and rows["n_head-3"]["rank"] == ""
+    status = json.loads((root / "results/example/runs/n_head-3/status.json").read_text())
+    assert status["status"] == "failed" and status["exit_code"] == 2
+    log = (root / "logs/example/train/n_head-3.log").read_text()
+    assert "model_spec.n_head: 3 does not divide model_spec.dim_model (32)" in log
+    assert list((root / "results/example/infer/best").rglob("sequifier-n_head-4-best-predictions.csv"))
 
 
 def stub(folder, name, calls, body=""):
@@ -256,7 +339,9 @@ def test_slurm_submits_training_with_its_gpu_memory_and_time(built, tmp_path):
     result = snakemake(root, *profile, "--forcerun", "train", path=stubs)
     assert result.returncode != 0  # the stub refuses the job once it has recorded it
     submitted = [line for line in calls.read_text().splitlines() if line.startswith("sbatch ")]
-    assert len(submitted) == 1 and "rule_train_wildcards_default" in submitted[0], calls.read_text()
+    assert submitted and all("rule_train_wildcards_dim_model-" in line for line in submitted), (
+        calls.read_text()
+    )
     profile = yaml.safe_load((root / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
     train = profile["set-resources"]["train"]
     flags = submitted[0].split(" --wrap=")[0].split()

@@ -1,9 +1,11 @@
 import json
+from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
 
 from sequifier import config as stage_config
+from sequifier import leaderboard, search
 from sequifier.preprocess_plan import make_plan
 
 
@@ -91,8 +93,25 @@ def scan_input(wildcards):
 # -- training runs ------------------------------------------------------------------------------
 # A run is a wildcard with a stable id and its own resolved train config,
 # results/{experiment}/runs/{run}/train.yaml, the one file its train job reads. RUNS maps each id
-# to dotted-key overrides of the train config: one run, `default`, until a search space is given.
-RUNS = {"default": {}}
+# to its point of the search space (dotted train-config keys): one run, `default`, without a
+# `search` block. The search block has the schema of `sequifier hyperparameter-search`.
+def search_settings():
+    if config.get("search") is None:
+        return None
+    block = {**config["search"], "train_config_path": config["train"]}
+    return stage_config.resolve("hyperparameter-search", block, "config/config.yaml: search")
+
+
+SEARCH = search_settings()
+if SEARCH is None:
+    RUNS = {"default": {}}
+else:
+    POINTS = search.expand(
+        SEARCH["space"], SEARCH["strategy"], SEARCH["n_samples"], SEARCH["seed"], "config/config.yaml: search"
+    )
+    RUNS = search.run_ids(POINTS)
+# The W&B group of the runs: the config's, else the search's name, else the experiment's.
+WANDB_GROUP = config["wandb"]["group"] or (config.get("search") or {}).get("search_name") or EXPERIMENT
 
 
 wildcard_constraints:
@@ -108,11 +127,10 @@ def run_path(name):
     return f"{run_folder('{run}')}/{name}"
 
 
-def run_overrides(run):
-    """The run's search point, then where it reads and writes and how W&B names it."""
+def run_overrides(run, point=None):  # point: given by search.run_configs; RUNS[run] is used
+    """Where the run reads and writes, and how W&B names (run id), groups and tags (its point) it."""
     folder = run_folder(run)
     return {
-        **RUNS[run],
         "project_root": ".",
         "model_name": run,
         "metadata_config_path": f"{RESULTS}/metadata.json",
@@ -120,14 +138,20 @@ def run_overrides(run):
         "checkpoints_path": f"{folder}/checkpoints",
         "logs_path": f"{folder}/logs",
         "wandb.project": config["wandb"]["project"],
-        "wandb.group": config["wandb"]["group"] or EXPERIMENT,
+        "wandb.group": WANDB_GROUP,
         "wandb.name": run,
+        "wandb.tags": search.tags(RUNS[run]),
     }
 
 
-# Resolved (defaults filled) and validated now, so that a bad train config stops the workflow
-# before any job starts, with the file and the key named.
-RUN_CONFIGS = {run: stage_config.load("train", config["train"], run_overrides(run)) for run in RUNS}
+# Resolved (defaults filled) and validated now, so that a bad train config or search space stops
+# the workflow before any job starts, with the file and the key named.
+RUN_CONFIGS = search.run_configs(
+    RUNS,
+    stage_config.read_yaml(config["train"]),
+    "config/config.yaml: search" if SEARCH else config["train"],
+    run_overrides,
+)
 
 
 def resolved_run_config(wildcards):
@@ -152,7 +176,7 @@ def write_run_config(run, resolved, path, log):
         handle.write(f"# Train config of run {run}: {config['train']} resolved with the run's overrides.\n")
         yaml.safe_dump(in_schema_order(resolved, stage_config.load_schema("train")), handle, sort_keys=False)
     with open(log, "w") as handle:
-        handle.write(f"{path}: {config['train']} with {json.dumps(run_overrides(run))}\n")
+        handle.write(f"{path}: {config['train']} with {json.dumps({**RUNS[run], **run_overrides(run)})}\n")
 
 
 def train_outputs():
@@ -183,31 +207,59 @@ def package_metrics(wildcards):
     return f"{RUN_CONFIGS[wildcards.run]['logs_path']}/sequifier-{wildcards.run}-metrics.csv"
 
 
+def write_leaderboard(output, log):
+    """The leaderboard, the curves and runs.csv of the experiment's runs (sequifier.leaderboard)."""
+    results, metrics = [], {}
+    for run in RUNS:
+        status = json.loads(Path(run_folder(run), "status.json").read_text())
+        if status["status"] == "done":
+            metrics[run] = Path(run_folder(run), "metrics.csv")
+            result = leaderboard.run_result(run, metrics[run], Path(run_folder(run), "models"))
+            results.append({**result, "wall_s": status["wall_s"]})  # the whole job
+        else:
+            results.append({"run": run, "status": status["status"]})
+    table = search.points_table(RUNS)
+    rows = leaderboard.ranked(results, table)
+    leaderboard.write_leaderboard(Path(output.table), rows)
+    leaderboard.plot_curves(Path(output.plot), metrics, f"{EXPERIMENT}: validation loss")
+    leaderboard.write_table(Path(output.runs), table)
+    with open(log, "w") as handle:
+        handle.write(f"{len(rows)} runs, {len(metrics)} finished; best: {rows[0]['run'] if metrics else 'none'}\n")
+
+
 # -- inference ----------------------------------------------------------------------------------
 # config["infer"] names infer configs ({name: file}); each is applied to every run's best model.
 INFER_FILES = config["infer"]
 
 
-def infer_overrides(run):
+def infer_overrides():
     """The run's model (null: the best one its train config names) and the experiment's metadata."""
-    return {
-        "project_root": ".",
-        "train_config_path": run_path("train.yaml").format(run=run),
-        "model_path": None,
-        "metadata_config_path": f"{RESULTS}/metadata.json",
-    }
+    return {"project_root": ".", "model_path": None, "metadata_config_path": f"{RESULTS}/metadata.json"}
 
 
 # Validated now, as the train configs are: a bad infer config stops the workflow before any job.
-INFER_CONFIGS = {
-    name: stage_config.load("infer", path, infer_overrides("default")) for name, path in INFER_FILES.items()
-}
+INFER_CONFIGS = {name: stage_config.load("infer", path, infer_overrides()) for name, path in INFER_FILES.items()}
 
 
 def infer_flags(wildcards):
-    overrides = infer_overrides(wildcards.run)
-    return " ".join(f"--set {key}={'null' if value is None else value}" for key, value in overrides.items())
+    return " ".join(f"--set {key}={'null' if value is None else value}" for key, value in infer_overrides().items())
+
+
+def infer_runs():
+    return ["best"] if config["infer_runs"] == "best" else list(RUNS)
+
+
+def infer_inputs(wildcards):
+    """A run's train config and models; for `best`, the leaderboard and those of every run."""
+    runs = list(RUNS) if wildcards.run == "best" else [wildcards.run]
+    found = {
+        "train_configs": [f"{run_folder(run)}/train.yaml" for run in runs],
+        "models": [f"{run_folder(run)}/models" for run in runs],
+    }
+    if wildcards.run == "best":
+        found["leaderboard"] = f"{RESULTS}/leaderboard.csv"
+    return found
 
 
 def infer_outputs():
-    return expand(run_path("infer/{name}"), run=RUNS, name=INFER_FILES)
+    return expand(f"{RESULTS}/infer/{{run}}/{{name}}", run=infer_runs(), name=INFER_FILES)

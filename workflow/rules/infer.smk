@@ -1,27 +1,34 @@
-# Inference as a DAG over runs and infer configs: infer {run} {name} applies the run's best model
-# (found through the run's train config) with the infer config `name` of config["infer"], to the
-# test split unless that config names other data. Its outputs (predictions/, probabilities/,
-# embeddings/ as the config asks) land in results/{experiment}/runs/{run}/infer/{name}/.
+# Inference as a DAG over runs and infer configs: infer {run} {name} applies the best model of run
+# {run} (found through the run's train config) with the infer config `name` of config["infer"], to
+# the test split unless that config names other data. With infer_runs: best (the default), {run}
+# is `best`: the first finished run of the leaderboard, read when the job runs. The outputs
+# (predictions/, probabilities/, embeddings/ as the config asks) land in
+# results/{experiment}/infer/{run}/{name}/.
 
 
 rule infer:
     input:
+        unpack(infer_inputs),
         config=lambda wildcards: INFER_FILES[wildcards.name],
-        train_config=run_path("train.yaml"),
-        models=run_path("models"),
         metadata=f"{RESULTS}/metadata.json",
         splits=split_files(),
     output:
-        directory(run_path("infer/{name}")),
+        directory(f"{RESULTS}/infer/{{run}}/{{name}}"),
     log:
         f"{LOGS}/infer/{{run}}-{{name}}.log",
     params:
         overrides=infer_flags,
+        runs=f"{RESULTS}/runs",
     threads: 2
     resources:
         gpu=0,
     conda:
         CONDA_ENV
     shell:
+        "run={wildcards.run}; "
+        'if [ "$run" = best ]; then '
+        "run=$(awk -F, 'NR == 2 && $3 == \"done\" {{print $2}}' {input.leaderboard}); "
+        'if [ -z "$run" ]; then echo "no finished run in {input.leaderboard}" > {log}; exit 1; fi; '
+        "fi; "
         "python -m sequifier infer --config-path {input.config} {params.overrides} "
-        "--output-path {output} > {log} 2>&1"
+        "--set train_config_path={params.runs}/$run/train.yaml --output-path {output} > {log} 2>&1"

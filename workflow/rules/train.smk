@@ -25,6 +25,10 @@ rule run_config:
 # count) lives in the checkpoints folder while a run is unfinished, and checkpoints without the
 # same stamp are dropped, so a changed, forced or finished run trains from scratch. The metrics CSV
 # is copied into place last: the outputs are complete only when training and export are.
+# A training that fails with an error (exit 1 or 2: bad settings, bad data, a crash) does not stop
+# the other runs: the job ends with status.json {"status": "failed"}, an empty models folder and
+# an empty metrics.csv, and the leaderboard marks the run failed; `--forcerun train` (or deleting
+# the status.json) tries it again. A job killed by a signal or a time limit stays incomplete.
 rule train:
     input:
         config=run_path("train.yaml"),
@@ -33,6 +37,7 @@ rule train:
     output:
         models=directory(run_path("models")),
         metrics=run_path("metrics.csv"),
+        status=run_path("status.json"),
     log:
         f"{LOGS}/train/{{run}}.log",
     params:
@@ -50,7 +55,12 @@ rule train:
         'if [ "$(cat {params.checkpoints}/inputs.cksum 2>/dev/null)" != "$stamp" ]; then '
         'rm -rf {params.checkpoints}; mkdir -p {params.checkpoints}; echo "$stamp" > {params.checkpoints}/inputs.cksum; '
         "fi; "
-        "{params.launch} train --config-path {input.config} --set training_spec.device={params.device} "
-        "--set training_spec.continue_training=true > {log} 2>&1; "
-        "cp {params.metrics} {output.metrics}.tmp && mv {output.metrics}.tmp {output.metrics}; "
-        "rm {params.checkpoints}/inputs.cksum"
+        "started=$(date +%s); code=0; {params.launch} train --config-path {input.config} --set training_spec.device={params.device} "
+        "--set training_spec.continue_training=true > {log} 2>&1 || code=$?; "
+        'if [ "$code" -gt 2 ]; then exit "$code"; fi; '
+        'if [ "$code" -eq 0 ]; then status=done; cp {params.metrics} {output.metrics}.tmp && mv {output.metrics}.tmp {output.metrics}; '
+        "else status=failed; mkdir -p {output.models}; : > {output.metrics}; fi; "
+        "rm -f {params.checkpoints}/inputs.cksum; "
+        "wall=$(( $(date +%s) - started )); "
+        "printf '{{\"run\": \"%s\", \"status\": \"%s\", \"exit_code\": %s, \"wall_s\": %d}}\\n' "
+        '{wildcards.run} "$status" "$code" "$wall" > {output.status}'
