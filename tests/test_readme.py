@@ -1,13 +1,17 @@
 """The README's set-up and reference stay true."""
 
-from conftest import REPO
+import csv
+import os
+import shlex
+
+from conftest import REPO, run_cli
 
 from sequifier.reference import with_reference
 
 
 def test_config_reference_matches_the_schemas():
     text = (REPO / "README.md").read_text()
-    assert text == with_reference(text), "run: python -m sequifier.reference README.md"
+    assert text == with_reference(text, REPO), "run: python -m sequifier.reference README.md"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -17,3 +21,37 @@ def test_ci_runs_the_readme_test_command():
         'pip install "torch==2.13.0" -e ".[dev]"' in readme
         and 'pip install "torch==2.13.0" -e ".[dev]"' in ci
     )
+
+
+def console_commands() -> list[str]:
+    """The README's console commands ("$ ..." lines), without their comments, in order."""
+    text = (REPO / "README.md").read_text()
+    return [line[2:].split("  #")[0].strip() for line in text.splitlines() if line.startswith("$ ")]
+
+
+WORKFLOW_COMMANDS = {  # run by tests/test_workflow.py on a copy of the repository's workflow
+    "snakemake --cores 2": "the built fixture",
+    "snakemake --report results/example/report.html": "test_the_report_holds_the_leaderboard_and_the_curves",
+}
+
+
+def test_the_walkthrough_runs_as_written(tmp_path):
+    """Every sequifier command of the README, in order, in a new folder (W&B disabled for speed)."""
+    commands = console_commands()
+    assert {c for c in commands if c.startswith("snakemake")} == set(WORKFLOW_COMMANDS)
+    walkthrough = [c for c in commands if not c.startswith("snakemake")]
+    assert walkthrough[:3] == ["sequifier make demo", "cd demo", "sequifier preprocess"]
+    assert [c.split()[1] for c in walkthrough[3:]] == ["train", "infer", "hyperparameter-search"]
+    env = {**os.environ, "WANDB_MODE": "disabled"}
+    cwd = tmp_path
+    for command in walkthrough:
+        program, *args = shlex.split(command)
+        if program == "cd":
+            cwd = cwd / args[0]
+            continue
+        assert program == "sequifier", command
+        run_cli(*args, cwd=cwd, check=True, env=env)
+    outputs = cwd / "outputs"
+    assert (outputs / "predictions/sequifier-default-best-predictions.csv").is_file()
+    with open(outputs / "hyperparameter-search/example/leaderboard.csv") as handle:
+        assert [row["status"] for row in csv.DictReader(handle)] == ["done"] * 4

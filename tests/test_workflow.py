@@ -5,6 +5,7 @@ resumes, and the SLURM submission of the train job (stub SLURM commands record t
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -304,6 +305,35 @@ def test_a_new_grid_value_runs_only_its_jobs(built, tmp_path):
         "run_config": 1, "train": 1, "leaderboard": 1, "infer": 2, "all": 1, "total": 6
     }  # fmt: skip
     assert "wildcards: run=dim_model-48" in dry.stdout
+
+
+def test_a_sampled_space_and_inference_of_every_run(workflow, tmp_path):
+    root = copy_of(workflow, tmp_path)
+    path = root / "config" / "config.yaml"
+    experiment = yaml.safe_load(path.read_text())
+    rates = {"low": 0.0001, "high": 0.01, "log": True}
+    experiment["search"] = {
+        "strategy": "sample",
+        "n_samples": 3,
+        "space": {"training_spec.learning_rate": rates},
+    }
+    experiment["infer_runs"] = "all"
+    path.write_text(yaml.safe_dump(experiment))
+    dry = snakemake(root, "-n")
+    assert dry.returncode == 0, dry.stderr
+    counts = job_counts(dry.stdout)
+    assert (counts["train"], counts["infer"]) == (3, 6)  # 3 runs x 2 infer configs
+    again = snakemake(root, "-n")
+    runs = lambda output: sorted(set(re.findall(r"run=(learning_rate-[0-9.e-]+)", output)))  # noqa: E731
+    assert runs(dry.stdout) == runs(again.stdout) and len(runs(dry.stdout)) == 3  # stable ids
+
+
+def test_a_bad_search_space_stops_the_workflow_before_any_job(workflow, tmp_path):
+    root = copy_of(workflow, tmp_path)
+    search_space(root, {"model_spec.dim_modle": [8]})
+    dry = snakemake(root, "-n")
+    assert dry.returncode != 0
+    assert "model_spec.dim_modle: unknown key (did you mean 'dim_model'?)" in dry.stderr + dry.stdout
 
 
 def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):

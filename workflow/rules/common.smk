@@ -261,5 +261,13 @@ def infer_inputs(wildcards):
     return found
 
 
+def infer_select(wildcards):
+    """A shell command that prints the run to apply: the leaderboard's first finished run for
+    `best` (read when the job runs), else the run itself."""
+    if wildcards.run != "best":
+        return f"echo {wildcards.run}"
+    return f"awk -F, 'NR == 2 && $3 == \"done\" {{print $2}}' {RESULTS}/leaderboard.csv"
+
+
 def infer_outputs():
     return expand(f"{RESULTS}/infer/{{run}}/{{name}}", run=infer_runs(), name=INFER_FILES)

@@ -18,6 +18,7 @@ rule infer:
         f"{LOGS}/infer/{{run}}-{{name}}.log",
     params:
         overrides=infer_flags,
+        select=infer_select,
         runs=f"{RESULTS}/runs",
     threads: 2
     resources:
@@ -25,10 +26,7 @@ rule infer:
     conda:
         CONDA_ENV
     shell:
-        "run={wildcards.run}; "
-        'if [ "$run" = best ]; then '
-        "run=$(awk -F, 'NR == 2 && $3 == \"done\" {{print $2}}' {input.leaderboard}); "
-        'if [ -z "$run" ]; then echo "no finished run in {input.leaderboard}" > {log}; exit 1; fi; '
-        "fi; "
+        "run=$({params.select}); "
+        'if [ -z "$run" ]; then echo "no finished run in the leaderboard" > {log}; exit 1; fi; '
         "python -m sequifier infer --config-path {input.config} {params.overrides} "
         "--set train_config_path={params.runs}/$run/train.yaml --output-path {output} > {log} 2>&1"
