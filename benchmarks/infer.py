@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import train as bench  # noqa: E402  (the train benchmark's data, configs and tool runners)
+import tools as bench  # noqa: E402  (data, configs and tool runners shared by the benchmarks)
 from preprocess import measure, print_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
