@@ -3,6 +3,9 @@
 import csv
 import os
 import shlex
+import subprocess
+import sys
+from pathlib import Path
 
 from conftest import REPO, run_cli
 
@@ -29,6 +32,7 @@ def console_commands() -> list[str]:
     return [line[2:].split("  #")[0].strip() for line in text.splitlines() if line.startswith("$ ")]
 
 
+BIN = Path(sys.executable).parent
 WORKFLOW_COMMANDS = {  # run by tests/test_workflow.py on a copy of the repository's workflow
     "snakemake --cores 2": "the built fixture",
     "snakemake --report results/example/report.html": "test_the_report_holds_the_leaderboard_and_the_curves",
@@ -41,13 +45,20 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     assert {c for c in commands if c.startswith("snakemake")} == set(WORKFLOW_COMMANDS)
     walkthrough = [c for c in commands if not c.startswith("snakemake")]
     assert walkthrough[:3] == ["sequifier make demo", "cd demo", "sequifier preprocess"]
-    assert [c.split()[1] for c in walkthrough[3:]] == ["train", "infer", "hyperparameter-search"]
+    steps = [c.split()[1] if c.startswith("sequifier") else c.split()[0] for c in walkthrough[3:]]
+    assert steps == ["train", "torchrun", "infer", "hyperparameter-search"]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     cwd = tmp_path
     for command in walkthrough:
         program, *args = shlex.split(command)
         if program == "cd":
             cwd = cwd / args[0]
+            continue
+        if program == "torchrun":  # the DDP launch: 2 processes with gloo
+            result = subprocess.run(
+                [str(BIN / "torchrun"), *args], cwd=cwd, env=env, capture_output=True, text=True
+            )
+            assert result.returncode == 0, result.stderr[-3000:]
             continue
         assert program == "sequifier", command
         run_cli(*args, cwd=cwd, check=True, env=env)
