@@ -39,6 +39,7 @@ class WindowSource:
     n_classes: dict
     keep: tuple
     seq_length: int
+    width: int | None = None  # the stored windows' W (metadata seq_length): checked against the files
 
     def files(self) -> list:
         if self.path.is_dir():
@@ -98,6 +99,14 @@ def _finish_chunk(source: WindowSource, file: Path, blocks: dict) -> dict:
     return chunk
 
 
+def _width_check(source: WindowSource, file: Path, width: int) -> None:
+    if source.width is not None and width != source.width:
+        raise DataError(
+            f"{file}: windows of {width} + 1 items, but the metadata says seq_length {source.width}; "
+            "the metadata file does not match the data (give the metadata these windows were written with)"
+        )
+
+
 def _value_names_check(source: WindowSource, file: Path, names: list) -> None:
     needed = value_columns(source.seq_length)
     missing = [n for n in needed if n not in names]
@@ -106,6 +115,7 @@ def _value_names_check(source: WindowSource, file: Path, names: list) -> None:
             f"{file}: not a window file of seq_length >= {source.seq_length} (missing columns "
             f"{(missing or [INPUT_COLUMN])[:3]}...); the metadata file does not match the data"
         )
+    _width_check(source, file, max(int(name) for name in names if name.isdigit()))
 
 
 def read_chunks(source: WindowSource, file: Path, ids: bool = False):
@@ -142,6 +152,7 @@ def _pt_chunk(source: WindowSource, file: Path, ids: bool) -> dict:
             "the metadata file does not match the data"
         )
     width = next(iter(shard["values"].values())).shape[1]
+    _width_check(source, file, width - 1)
     if width < source.seq_length + 1:
         raise DataError(
             f"{file}: windows of {width} items are shorter than seq_length + 1 ({source.seq_length + 1})"

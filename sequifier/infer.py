@@ -16,7 +16,6 @@ import torch
 from tqdm import tqdm
 
 from sequifier.data import IDS, PAD, count_windows, read_chunks
-from sequifier.encoding import FIRST_ID
 from sequifier.generate import Generation
 from sequifier.infer_config import make_infer_plan, model_setup
 from sequifier.predictors import TorchPredictor, load_predictor
@@ -35,7 +34,8 @@ class Application:
     def __init__(self, plan, model_path):
         config = plan.config
         self.plan, self.config = plan, config
-        self.predictor = load_predictor(model_path, config["device"], config["infer_with_dropout"])
+        dropout = config["infer_with_dropout"]
+        self.predictor = load_predictor(model_path, config["device"], dropout, config["seed"])
         args, description = self.predictor.args, self.predictor.description
         self.setup = model_setup(plan, model_path, args, description)
         self.inputs = [name for name, *_ in args.input_columns]
@@ -133,9 +133,12 @@ class Application:
             if self.kinds[target] == "real":
                 values[target], encoded[target] = self.decoder.real(target, out), out
                 continue
-            probs = self.decoder.probabilities(out)
+            probs = self.decoder.probabilities(target, out)
             index = sample(probs, self.generator) if target in self.setup.sampled else probs.argmax(axis=1)
-            values[target], encoded[target] = self.decoder.ids(target, index), index + FIRST_ID
+            values[target], encoded[target] = (
+                self.decoder.ids(target, index),
+                self.decoder.class_ids(target, index),
+            )
             if target in self.setup.probabilities:
                 probabilities[target] = probs
         return values, probabilities, encoded

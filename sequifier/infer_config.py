@@ -76,6 +76,10 @@ def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
                 f"{source}: model_path: {models[bases.index(base)]} and {models[i]} give the same output "
                 f"names ({base}-...); apply them in separate runs with different output_path"
             )
+    if config["autoregression"] and config["model_type"] == "embedding":
+        raise ConfigError(
+            f"{source}: autoregression: true, but model_type is embedding; only a generative model generates"
+        )
     if config["autoregression"] and config["autoregression_total_steps"] is None:
         raise ConfigError(
             f"{source}: autoregression_total_steps: null, but autoregression needs a number of steps"
@@ -178,7 +182,7 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
     windows = WindowSource(
         data_path, config["read_format"] or data_metadata["write_format"], tuple(data_metadata["columns"]),
         data_metadata["column_types"], data_metadata["n_classes"],
-        tuple(name for name, *_ in args.input_columns), args.seq_length,
+        tuple(name for name, *_ in args.input_columns), args.seq_length, data_metadata["seq_length"],
     )  # fmt: skip
     return ModelSetup(
         output_base(model_path), data_path, data_metadata, windows, targets, probabilities, sampled

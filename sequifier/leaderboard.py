@@ -1,5 +1,6 @@
 """The runs of a search ranked: best validation loss (total and per target), epochs, wall time and
-size of each run, read from the files its training wrote; a run without them is marked failed.
+size of each run, read from the files its training wrote; a run without them is marked failed,
+one whose validation loss was never a number diverged.
 And the look of it: validation loss per epoch of every run, in one plot (PNG)."""
 
 import csv
@@ -36,6 +37,8 @@ def run_result(name: str, metrics_path: Path, models: Path) -> dict:
     if not rows:
         return {"run": name, "status": "failed"}
     losses = [float(row["validation_loss"]) for row in rows]
+    if not any(math.isfinite(loss) for loss in losses):  # trained, but to no number: not rankable
+        return {"run": name, "status": "diverged", "epochs": int(rows[-1]["epoch"])}
     best = rows[min(range(len(rows)), key=lambda i: losses[i] if math.isfinite(losses[i]) else math.inf)]
     per_target = {key: float(value) for key, value in best.items() if key.startswith("validation_loss_")}
     return {
@@ -51,8 +54,8 @@ def run_result(name: str, metrics_path: Path, models: Path) -> dict:
 
 
 def ranked(results: list[dict], table: list[dict]) -> list[dict]:
-    """Finished runs by best validation loss, then the failed ones; each with its point (its row
-    of runs.csv, `table`)."""
+    """Finished runs by best validation loss, then the others (failed, diverged); each with its
+    point (its row of runs.csv, `table`)."""
     points = {row["run"]: {key: value for key, value in row.items() if key != "run"} for row in table}
     done = sorted((r for r in results if r["status"] == "done"), key=lambda r: r["best_validation_loss"])
     failed = [r for r in results if r["status"] != "done"]

@@ -37,7 +37,10 @@ class TorchPredictor:
 
 
 class OnnxPredictor:
-    def __init__(self, path: Path):
+    """An ONNX export in onnxruntime. With `dropout` (Monte-Carlo dropout of an export made with
+    dropout), graph optimizations are off, since they remove dropout, and onnxruntime is seeded."""
+
+    def __init__(self, path: Path, dropout: bool = False, seed: int = 0):
         import onnx
         import onnxruntime
 
@@ -51,6 +54,9 @@ class OnnxPredictor:
         self.args = ModelArgs.from_dict(self.description["model_args"])
         options = onnxruntime.SessionOptions()
         options.log_severity_level = 3  # warnings about unused initializers are not the user's business
+        if dropout:
+            options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+            onnxruntime.set_seed(seed)
         self.session = onnxruntime.InferenceSession(
             proto.SerializeToString(), options, providers=onnxruntime.get_available_providers()
         )
@@ -72,12 +78,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_predictor(path: Path, device: str, dropout: bool):
+def load_predictor(path: Path, device: str, dropout: bool, seed: int = 0):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found")
     if path.suffix == ".onnx":
-        return OnnxPredictor(path)
+        return OnnxPredictor(path, dropout, seed)
     if path.suffix == ".pt":
         return TorchPredictor(path, device, dropout)
     raise ConfigError(f"model_path: {path} is neither a .pt bundle nor an .onnx file")

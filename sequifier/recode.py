@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from sequifier.encoding import FIRST_ID, OTHER_ID, id_map_from_json
+from sequifier.encoding import OTHER_ID, id_map_from_json
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +85,20 @@ class OutputDecoder:
 
     def __init__(self, model_metadata: dict, map_to_id: bool):
         self.metadata, self.map_to_id = model_metadata, map_to_id
-        self._values = {}
+        self._values, self._classes = {}, {}
+
+    def classes(self, column: str) -> np.ndarray:
+        """The ids a prediction can be: those of the id map (from 3; a precomputed map may
+        leave gaps, which are no class)."""
+        if column not in self._classes:
+            self._classes[column] = np.sort(
+                np.fromiter(self.metadata["id_maps"][column].values(), dtype=np.int64)
+            )
+        return self._classes[column]
 
     def class_names(self, column: str) -> list:
-        """Names of the probability columns: the values of ids FIRST_ID.., or the ids."""
-        ids = range(FIRST_ID, self.metadata["n_classes"][column])
+        """Names of the probability columns: the values of the classes, or their ids."""
+        ids = self.classes(column)
         if not self.map_to_id:
             return [str(i) for i in ids]
         values = self.values_by_id(column)
@@ -100,16 +109,19 @@ class OutputDecoder:
             self._values[column] = _values_by_id(self.metadata, column)
         return self._values[column]
 
-    @staticmethod
-    def probabilities(logits: np.ndarray) -> np.ndarray:
-        """Softmax over the ordinary classes (reserved ids are never a prediction): [batch, classes - 3]."""
-        ordinary = logits[:, FIRST_ID:].astype(np.float64)
+    def probabilities(self, column: str, logits: np.ndarray) -> np.ndarray:
+        """Softmax over the classes (reserved ids are never a prediction): [batch, classes]."""
+        ordinary = logits[:, self.classes(column)].astype(np.float64)
         ordinary = np.exp(ordinary - ordinary.max(axis=1, keepdims=True))
         return ordinary / ordinary.sum(axis=1, keepdims=True)
 
+    def class_ids(self, column: str, class_index: np.ndarray) -> np.ndarray:
+        """Indices into the classes -> the model's ids."""
+        return self.classes(column)[class_index]
+
     def ids(self, column: str, class_index: np.ndarray):
-        """Indices into the ordinary classes -> ids, or values with map_to_id."""
-        ids = class_index + FIRST_ID
+        """Indices into the classes -> ids, or values with map_to_id."""
+        ids = self.class_ids(column, class_index)
         if not self.map_to_id:
             return ids
         values = self.values_by_id(column)[ids]

@@ -60,7 +60,7 @@ def _text(value) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, (dict, list)):
-        return json.dumps(value, sort_keys=True, separators=(",", ""))
+        return json.dumps(value, sort_keys=True, separators=(",", ":"))
     return str(value)
 
 

@@ -57,7 +57,7 @@ class TrainPlan:
         keep = tuple(dict.fromkeys([*config["input_columns"], *config["target_columns"]]))
         return WindowSource(
             path, config["read_format"], tuple(metadata["columns"]), metadata["column_types"],
-            metadata["n_classes"], keep, config["seq_length"],
+            metadata["n_classes"], keep, config["seq_length"], metadata["seq_length"],
         )  # fmt: skip
 
     def model_args(self) -> ModelArgs:

@@ -12,7 +12,7 @@ from sequifier import config
 from sequifier.export import load_bundle
 from sequifier.infer import run
 from sequifier.make import EXAMPLE_STATES
-from sequifier.model import EmbeddingHead, GenerativeHead
+from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 W = 16  # the example's window: 16 items, then the one predicted
 
@@ -214,6 +214,30 @@ def test_monte_carlo_dropout_is_seeded(trained):
     np.testing.assert_allclose(read("out-d0").price, prices, rtol=1e-5)  # no dropout: the plain model
 
 
+def test_monte_carlo_dropout_of_an_onnx_export_is_seeded(trained):
+    from sequifier.export import describe, write_onnx
+
+    model, bundle = load_bundle(trained / model_file(trained))
+    bundle["model_args"]["dropout"] = 0.3
+    dropped = Transformer(ModelArgs.from_dict(bundle["model_args"]))
+    dropped.load_state_dict(model.state_dict())
+    description = describe(dropped, "generative", 1, bundle["config"], bundle["metadata"], True)
+    write_onnx(trained / "models" / "sequifier-mc-best-1.onnx", dropped, description)
+    settings = {"model_path": "models/sequifier-mc-best-1.onnx", "output_probabilities": False}
+    for output, active, seed in (
+        ("out-m1", True, 1),
+        ("out-m1b", True, 1),
+        ("out-m2", True, 2),
+        ("out-m0", False, 1),
+    ):
+        infer(trained, output, infer_with_dropout=active, seed=seed, **settings)
+    read = lambda output: pd.read_csv(trained / output / "predictions/sequifier-mc-best-predictions.csv")  # noqa: E731
+    pd.testing.assert_frame_equal(read("out-m1"), read("out-m1b"))
+    assert not np.allclose(read("out-m1").price, read("out-m2").price)
+    _, prices = by_hand(trained)
+    np.testing.assert_allclose(read("out-m0").price, prices, rtol=1e-4)  # without: the plain model
+
+
 def preprocess_again(project, name, table=None, **values) -> str:
     """The example (or `table`) preprocessed on its own, into data/{name}*; returns its metadata path."""
     from sequifier.preprocess import run as preprocess
@@ -313,3 +337,21 @@ def test_map_to_id_false_writes_the_ids(trained):
     assert list(probabilities.columns[2:]) == [str(i) for i in sorted(ids.values())]
     items, _ = by_hand(trained)
     assert list(predictions.itemId) == [ids[item] for item in items]
+
+
+def test_a_precomputed_id_map_with_gaps_has_a_class_per_value():
+    from sequifier.recode import OutputDecoder
+
+    metadata = {
+        "id_maps": {"item": {"a": 3, "b": 6}},
+        "n_classes": {"item": 7},
+        "column_dtypes": {"item": "string"},
+    }
+    decoder = OutputDecoder(metadata, map_to_id=True)
+    assert decoder.class_names("item") == ["a", "b"]
+    logits = np.array([[9.0, 9.0, 9.0, 1.0, 9.0, 9.0, 2.0], [0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 1.0]])
+    probabilities = decoder.probabilities("item", logits)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0)
+    index = probabilities.argmax(axis=1)
+    assert list(decoder.ids("item", index)) == ["b", "a"] and list(decoder.class_ids("item", index)) == [6, 3]
+    assert OutputDecoder(metadata, map_to_id=False).class_names("item") == ["3", "6"]

@@ -36,6 +36,11 @@ def windows_of_other_columns(project):
     return {"data_path": "data/items/example-split2.parquet"}
 
 
+def longer_windows(project):
+    preprocess_again(project, "longer", seq_length=20)
+    return {"data_path": "data/longer/example-split2.parquet"}
+
+
 def no_models(project):
     (project / "configs" / "empty.yaml").write_text("models_path: empty-models\n")
     return {"train_config_path": "configs/empty.yaml"}
@@ -88,6 +93,19 @@ CASES = {
     "autoregression without every input as a target": (
         {"target_columns": ["itemId"], "autoregression": True, "autoregression_total_steps": 3},
         ["input column 'price' is not among the targets written (itemId)"],
+    ),
+    "autoregression of an embedding model": (
+        lambda project: {
+            "model_type": "embedding",
+            "model_path": model_file(project, embedding=True),
+            "autoregression": True,
+            "autoregression_total_steps": 2,
+        },
+        ["autoregression: true, but model_type is embedding; only a generative model generates"],
+    ),
+    "windows of another metadata": (
+        longer_windows,
+        ["windows of 20 + 1 items, but the metadata says seq_length 16; the metadata file does not match"],
     ),
     "autoregression without steps": (
         {"autoregression": True},

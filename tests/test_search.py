@@ -137,3 +137,23 @@ def test_a_second_search_trains_only_what_is_new_or_failed(searched):
     assert "search example: 3 runs, 1 to train" in result.stderr
     assert "training run dim_model-48_n_head-4" in result.stderr
     assert [row["status"] for row in leaderboard_rows(project)] == ["done"] * 3
+
+
+def test_a_run_without_a_finite_loss_is_ranked_after_the_finished_ones(tmp_path):
+    from sequifier import leaderboard
+
+    header = "epoch,batch,kind,train_loss,validation_loss,validation_loss_x,elapsed_s\n"
+    (tmp_path / "good.csv").write_text(header + "1,0,epoch,2.0,1.5,1.5,3.0\n2,0,epoch,1.0,1.2,1.2,6.0\n")
+    (tmp_path / "nan.csv").write_text(header + "1,0,epoch,nan,nan,nan,3.0\n")
+    results = [
+        leaderboard.run_result("nan", tmp_path / "nan.csv", tmp_path),
+        leaderboard.run_result("good", tmp_path / "good.csv", tmp_path),
+        leaderboard.run_result("gone", tmp_path / "missing.csv", tmp_path),
+    ]
+    rows = leaderboard.ranked(results, [{"run": name, "lr": "0.1"} for name in ("nan", "good", "gone")])
+    assert [(r["run"], r["status"], r["rank"]) for r in rows] == [
+        ("good", "done", 1),
+        ("nan", "diverged", ""),
+        ("gone", "failed", ""),
+    ]
+    assert rows[0]["best_validation_loss"] == 1.2 and rows[0]["best_epoch"] == 2

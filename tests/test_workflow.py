@@ -339,6 +339,9 @@ def test_a_bad_search_space_stops_the_workflow_before_any_job(workflow, tmp_path
 def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     root = copy_of(built, tmp_path)
     search_space(root, {"model_spec.n_head": [4, 3]})  # dim_model 32: 3 heads cannot train
+    experiment = yaml.safe_load((root / "config/config.yaml").read_text())
+    experiment["infer_runs"] = "all"  # the failed run's inference stops nothing either
+    (root / "config/config.yaml").write_text(yaml.safe_dump(experiment))
     result = snakemake(root, "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     rows = {row["run"]: row for row in leaderboard(root)}
@@ -348,7 +351,9 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     assert status["status"] == "failed" and status["exit_code"] == 2
     log = (root / "logs/example/train/n_head-3.log").read_text()
     assert "model_spec.n_head: 3 does not divide model_spec.dim_model (32)" in log
-    assert list((root / "results/example/infer/best").rglob("sequifier-n_head-4-best-predictions.csv"))
+    assert list((root / "results/example/infer/n_head-4").rglob("sequifier-n_head-4-best-predictions.csv"))
+    assert not list((root / "results/example/infer/n_head-3").rglob("sequifier-*"))
+    assert "nothing to infer" in (root / "logs/example/infer/n_head-3-predictions.log").read_text()
 
 
 def stub(folder, name, calls, body=""):

@@ -1,4 +1,5 @@
 import json
+import shlex
 from pathlib import Path
 
 import yaml
@@ -19,7 +20,7 @@ CONDA_ENV = "../../envs/sequifier.yaml"
 # Jobs run `python -m sequifier` from this checkout, in the active environment or in the
 # conda environment of CONDA_ENV (`--sdm conda`), which holds the dependencies only.
 shell.prefix(
-    f"set -euo pipefail; export PYTHONPATH={workflow.basedir}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+    f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
 )
 
 
@@ -41,7 +42,7 @@ PREPROCESS_PLAN = make_plan(
 PARTS = range(PREPROCESS_PLAN.n_parts)
 SPLITS = range(len(PREPROCESS_PLAN.config["split_ratios"]))
 PREPROCESS_FLAGS = " ".join(
-    f"--{key.replace('_', '-')} {value}" for key, value in preprocess_overrides().items()
+    f"--{key.replace('_', '-')} {shlex.quote(str(value))}" for key, value in preprocess_overrides().items()
 )
 
 
@@ -242,7 +243,8 @@ INFER_CONFIGS = {name: stage_config.load("infer", path, infer_overrides()) for n
 
 
 def infer_flags(wildcards):
-    return " ".join(f"--set {key}={'null' if value is None else value}" for key, value in infer_overrides().items())
+    settings = {key: "null" if value is None else value for key, value in infer_overrides().items()}
+    return " ".join(f"--set {shlex.quote(f'{key}={value}')}" for key, value in settings.items())
 
 
 def infer_runs():
@@ -255,6 +257,7 @@ def infer_inputs(wildcards):
     found = {
         "train_configs": [f"{run_folder(run)}/train.yaml" for run in runs],
         "models": [f"{run_folder(run)}/models" for run in runs],
+        "statuses": [f"{run_folder(run)}/status.json" for run in runs],
     }
     if wildcards.run == "best":
         found["leaderboard"] = f"{RESULTS}/leaderboard.csv"
@@ -262,11 +265,12 @@ def infer_inputs(wildcards):
 
 
 def infer_select(wildcards):
-    """A shell command that prints the run to apply: the leaderboard's first finished run for
-    `best` (read when the job runs), else the run itself."""
+    """A shell command that prints the run to apply, or nothing when there is no finished one: the
+    leaderboard's first finished run for `best` (read when the job runs), else the run itself."""
     if wildcards.run != "best":
-        return f"echo {wildcards.run}"
-    return f"awk -F, 'NR == 2 && $3 == \"done\" {{print $2}}' {RESULTS}/leaderboard.csv"
+        status = shlex.quote(f"{run_folder(wildcards.run)}/status.json")
+        return f"{{ grep -q '\"status\": \"done\"' {status} && echo {wildcards.run}; }} || true"
+    return f"awk -F, 'NR == 2 && $3 == \"done\" {{print $2}}' {shlex.quote(RESULTS)}/leaderboard.csv"
 
 
 def infer_outputs():
