@@ -1,6 +1,7 @@
 """`sequifier infer`: every output's format and values, checked against the model run by hand."""
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -195,23 +196,26 @@ def test_sampling_is_reproducible_with_a_seed(trained):
     np.testing.assert_allclose(first.price, other.price)  # real targets are not sampled
 
 
+def check_seeded_dropout(project, model: str, rtol: float) -> None:
+    """Monte-Carlo dropout with `model` (0.3 dropout): the same seed, the same outputs; another
+    seed, others; without it, the plain model's."""
+    name = Path(model).stem.rsplit("-", 1)[0]
+    settings = {"model_path": model, "output_probabilities": False}
+    for output, active, seed in ((f"{name}-1", True, 1), (f"{name}-1b", True, 1), (f"{name}-2", True, 2)):
+        infer(project, output, infer_with_dropout=active, seed=seed, **settings)
+    infer(project, f"{name}-0", infer_with_dropout=False, seed=1, **settings)
+    read = lambda output: pd.read_csv(project / output / f"predictions/{name}-predictions.csv")  # noqa: E731
+    pd.testing.assert_frame_equal(read(f"{name}-1"), read(f"{name}-1b"))
+    assert not np.allclose(read(f"{name}-1").price, read(f"{name}-2").price)
+    _, prices = by_hand(project)
+    np.testing.assert_allclose(read(f"{name}-0").price, prices, rtol=rtol)
+
+
 def test_monte_carlo_dropout_is_seeded(trained):
     bundle = torch.load(trained / model_file(trained), weights_only=False)
     bundle["model_args"]["dropout"] = 0.3
     torch.save(bundle, trained / "models" / "sequifier-dropout-best-1.pt")
-    dropout = {"model_path": "models/sequifier-dropout-best-1.pt", "output_probabilities": False}
-    for output, active, seed in (
-        ("out-d1", True, 1),
-        ("out-d1b", True, 1),
-        ("out-d2", True, 2),
-        ("out-d0", False, 1),
-    ):
-        infer(trained, output, infer_with_dropout=active, seed=seed, **dropout)
-    read = lambda output: pd.read_csv(trained / output / "predictions/sequifier-dropout-best-predictions.csv")  # noqa: E731
-    pd.testing.assert_frame_equal(read("out-d1"), read("out-d1b"))
-    assert not np.allclose(read("out-d1").price, read("out-d2").price)
-    _, prices = by_hand(trained)
-    np.testing.assert_allclose(read("out-d0").price, prices, rtol=1e-5)  # no dropout: the plain model
+    check_seeded_dropout(trained, "models/sequifier-dropout-best-1.pt", rtol=1e-5)
 
 
 def test_monte_carlo_dropout_of_an_onnx_export_is_seeded(trained):
@@ -223,19 +227,7 @@ def test_monte_carlo_dropout_of_an_onnx_export_is_seeded(trained):
     dropped.load_state_dict(model.state_dict())
     description = describe(dropped, "generative", 1, bundle["config"], bundle["metadata"], True)
     write_onnx(trained / "models" / "sequifier-mc-best-1.onnx", dropped, description)
-    settings = {"model_path": "models/sequifier-mc-best-1.onnx", "output_probabilities": False}
-    for output, active, seed in (
-        ("out-m1", True, 1),
-        ("out-m1b", True, 1),
-        ("out-m2", True, 2),
-        ("out-m0", False, 1),
-    ):
-        infer(trained, output, infer_with_dropout=active, seed=seed, **settings)
-    read = lambda output: pd.read_csv(trained / output / "predictions/sequifier-mc-best-predictions.csv")  # noqa: E731
-    pd.testing.assert_frame_equal(read("out-m1"), read("out-m1b"))
-    assert not np.allclose(read("out-m1").price, read("out-m2").price)
-    _, prices = by_hand(trained)
-    np.testing.assert_allclose(read("out-m0").price, prices, rtol=1e-4)  # without: the plain model
+    check_seeded_dropout(trained, "models/sequifier-mc-best-1.onnx", rtol=1e-4)
 
 
 def preprocess_again(project, name, table=None, **values) -> str:
