@@ -31,28 +31,25 @@ class Process:
         return self.world > 1
 
 
-def _device(name: str, local_rank: int, world: int, source: str) -> torch.device:
+def device_of(name: str, source: str, key: str = "training_spec.device", local_rank: int = 0, world: int = 1):
+    """The torch device `name` (config key `key`), or a clear error when this machine lacks it."""
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ConfigError(
-                f"{source}: training_spec.device: '{name}', but torch finds no CUDA GPU on this machine "
-                f"(torch {torch.__version__}); set training_spec.device: cpu"
+                f"{source}: {key}: '{name}', but torch finds no CUDA GPU on this machine "
+                f"(torch {torch.__version__}); set {key}: cpu"
             )
         if ":" in name and world > 1:
             raise ConfigError(
-                f"{source}: training_spec.device: '{name}' names one GPU, but torchrun started {world} "
+                f"{source}: {key}: '{name}' names one GPU, but torchrun started {world} "
                 "processes; set device: cuda (each process takes the GPU of its LOCAL_RANK)"
             )
         index = local_rank if ":" not in name else int(name.split(":")[1])
         if index >= torch.cuda.device_count():
-            raise ConfigError(
-                f"{source}: training_spec.device: '{name}', but there are {torch.cuda.device_count()} GPUs"
-            )
+            raise ConfigError(f"{source}: {key}: '{name}', but there are {torch.cuda.device_count()} GPUs")
         return torch.device("cuda", index)
     if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError(
-            f"{source}: training_spec.device: 'mps', but MPS is not available here; set device: cpu"
-        )
+        raise ConfigError(f"{source}: {key}: 'mps', but MPS is not available here; set {key}: cpu")
     return torch.device(name)
 
 
@@ -60,7 +57,7 @@ def start(device: str, source: str) -> Process:
     """Join the process group when launched by torchrun; pick this process's device."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = _device(device, local_rank, world, source)
+    chosen = device_of(device, source, local_rank=local_rank, world=world)
     if world > 1 and not dist.is_initialized():
         if chosen.type == "cuda":
             torch.cuda.set_device(chosen)

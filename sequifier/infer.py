@@ -35,7 +35,7 @@ class Application:
         config = plan.config
         self.plan, self.config = plan, config
         dropout = config["infer_with_dropout"]
-        self.predictor = load_predictor(model_path, config["device"], dropout, config["seed"])
+        self.predictor = load_predictor(model_path, config["device"], dropout, config["seed"], plan.source)
         args, description = self.predictor.args, self.predictor.description
         self.setup = model_setup(plan, model_path, args, description)
         self.inputs = [name for name, *_ in args.input_columns]

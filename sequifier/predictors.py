@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sequifier.distributed import device_of
 from sequifier.errors import ConfigError, DataError
 from sequifier.export import export_head, load_bundle, read_onnx_description
 from sequifier.model import ModelArgs
@@ -20,11 +21,11 @@ log = logging.getLogger(__name__)
 
 
 class TorchPredictor:
-    def __init__(self, path: Path, device: str, dropout: bool):
+    def __init__(self, path: Path, device: str, dropout: bool, source: str):
         model, bundle = load_bundle(path)
         self.description = {key: value for key, value in bundle.items() if key != "state_dict"}
         self.args = model.args
-        self.device = _device(device)
+        self.device = device_of(device, source, key="device")
         self.head = export_head(model.to(self.device).train(dropout), bundle["kind"])
 
     @torch.inference_mode()
@@ -70,20 +71,12 @@ class OnnxPredictor:
         return {name: out for (name, *_), out in zip(self.args.target_columns, outputs)}
 
 
-def _device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device: '{name}', but torch finds no CUDA GPU here; set device: cpu")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device: 'mps', but MPS is not available here; set device: cpu")
-    return torch.device(name)
-
-
-def load_predictor(path: Path, device: str, dropout: bool, seed: int = 0):
+def load_predictor(path: Path, device: str, dropout: bool, seed: int = 0, source: str = "infer config"):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found")
     if path.suffix == ".onnx":
         return OnnxPredictor(path, dropout, seed)
     if path.suffix == ".pt":
-        return TorchPredictor(path, device, dropout)
+        return TorchPredictor(path, device, dropout, source)
     raise ConfigError(f"model_path: {path} is neither a .pt bundle nor an .onnx file")

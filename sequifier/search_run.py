@@ -63,10 +63,13 @@ class Search:
                 with atomic_path(path) as tmp:
                     tmp.write_text(text)
 
+    def digest(self, name: str) -> str:
+        """Hash of the run's config file, kept in its stamp when it finishes."""
+        return hashlib.blake2b(self.config_path(name).read_bytes(), digest_size=16).hexdigest()
+
     def finished(self, name: str) -> bool:
         stamp = self.stamp_path(name)
-        digest = hashlib.blake2b(self.config_path(name).read_bytes(), digest_size=16).hexdigest()
-        return stamp.is_file() and read_json(stamp).get("config") == digest
+        return stamp.is_file() and read_json(stamp).get("config") == self.digest(name)
 
     def train(self, names: list, jobs: int) -> None:
         """Train the runs, `jobs` processes at a time; each writes a stamp when it succeeds."""
@@ -97,10 +100,8 @@ class Search:
                 del running[name]
                 self.stamp_path(name).unlink(missing_ok=True)
                 if process.returncode == 0:
-                    digest = hashlib.blake2b(self.config_path(name).read_bytes(), digest_size=16).hexdigest()
-                    write_json(
-                        self.stamp_path(name), {"config": digest, "wall_s": time.monotonic() - started}
-                    )
+                    stamp = {"config": self.digest(name), "wall_s": time.monotonic() - started}
+                    write_json(self.stamp_path(name), stamp)
                 else:
                     log.warning("run %s failed (exit %d); see %s", name, process.returncode, handle.name)
 

@@ -137,7 +137,10 @@ CASES = {
         ["give the same output names (sequifier-default-best-...)"],
     ),
     "unknown key": ({"autoregresion": True}, ["autoregresion: unknown key (did you mean 'autoregression'?)"]),
-    "cuda without a GPU": ({"device": "cuda"}, ["device: 'cuda', but torch finds no CUDA GPU here"]),
+    "cuda without a GPU": (
+        {"device": "cuda"},
+        ["infer config: device: 'cuda', but torch finds no CUDA GPU on this machine", "set device: cpu"],
+    ),
 }
 
 
