@@ -2,7 +2,9 @@
 
 A batch is a dict of one tensor per column, [windows, seq_length + 1] (categorical ids as
 int32, real values as float32), plus `n_pad`, the number of leading padding slots of each
-window. In memory, batches are slices of contiguous tensors taken by index; streamed, windows
+window, and `n_context`, the number of leading slots that are padding or items of earlier splits
+(the file's contextSlots, less the slots cut off by a shorter seq_length): only the slots from
+there on are targets of the window's own split. In memory, batches are slices of contiguous tensors taken by index; streamed, windows
 pass through a bounded shuffle buffer, one file (or row group) at a time. Under DDP each rank
 takes its own share of every epoch's windows, and every rank gets the same number of batches.
 """
@@ -19,11 +21,20 @@ import torch
 
 from sequifier.errors import DataError
 from sequifier.table import SEQUENCE
-from sequifier.window_files import INPUT_COLUMN, START, SUBSEQUENCE, prefetched, rechunk, value_columns
+from sequifier.window_files import (
+    CONTEXT,
+    INPUT_COLUMN,
+    START,
+    SUBSEQUENCE,
+    prefetched,
+    rechunk,
+    value_columns,
+)
 
 log = logging.getLogger(__name__)
 CHUNK_WINDOWS = 8192
 PAD = "n_pad"
+SPLIT_START = "n_context"
 IDS = "ids"  # with read_chunks(ids=True): {sequenceId, subsequenceId, startItemPosition} as numpy arrays
 IDENTITY = (SEQUENCE, SUBSEQUENCE, START)
 
@@ -57,7 +68,7 @@ class WindowSource:
         return [self.path]
 
 
-def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table, ids: bool) -> dict:
+def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table, ids: bool, cut: int) -> dict:
     """A wide table (rows window-major, column-minor) -> {column: [windows, S + 1]} and n_pad."""
     n_columns = len(source.columns)
     if table.num_rows % n_columns:
@@ -72,7 +83,8 @@ def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table, ids: bool) -
             )
     values = np.stack([table.column(name).to_numpy() for name in value_columns(source.seq_length)], axis=1)
     blocks = {name: values[c::n_columns] for c, name in enumerate(source.columns)}
-    chunk = _finish_chunk(source, file, blocks)
+    context = table.column(CONTEXT).to_numpy()[::n_columns]
+    chunk = _finish_chunk(source, file, blocks, context, cut)
     if ids:
         chunk[IDS] = {
             name: table.column(name).to_numpy(zero_copy_only=False)[::n_columns] for name in IDENTITY
@@ -80,11 +92,22 @@ def _numpy_chunk(source: WindowSource, file: Path, table: pa.Table, ids: bool) -
     return chunk
 
 
-def _finish_chunk(source: WindowSource, file: Path, blocks: dict) -> dict:
-    """Check ids, find the padding, keep the needed columns in their training dtypes."""
+def _finish_chunk(source: WindowSource, file: Path, blocks: dict, context, cut: int) -> dict:
+    """Check ids, find the padding, keep the needed columns in their training dtypes; `context` is
+    the stored contextSlots of windows whose first `cut` slots were left out."""
     padding = np.logical_and.reduce([np.asarray(block) == 0 for block in blocks.values()])
     n_pad = np.where(padding.all(axis=1), padding.shape[1], padding.argmin(axis=1))
-    chunk = {PAD: torch.from_numpy(n_pad.astype(np.int16))}
+    context = np.asarray(context, dtype=np.int64)
+    if context.size and (context.min() < 0 or context.max() > source.seq_length + cut):
+        raise DataError(
+            f"{file}: {CONTEXT} holds {context.min()} to {context.max()}; expected 0 to the window's "
+            f"{source.seq_length + cut} context items"
+        )
+    split_start = np.maximum(np.maximum(context - cut, 0), n_pad)
+    chunk = {
+        PAD: torch.from_numpy(n_pad.astype(np.int16)),
+        SPLIT_START: torch.from_numpy(split_start.astype(np.int16)),
+    }
     for name in source.keep:
         block = np.asarray(blocks[name])
         if source.kinds[name] == "categorical":
@@ -99,15 +122,25 @@ def _finish_chunk(source: WindowSource, file: Path, blocks: dict) -> dict:
     return chunk
 
 
-def _width_check(source: WindowSource, file: Path, width: int) -> None:
+def _width_check(source: WindowSource, file: Path, width: int) -> int:
+    """Check a file's window width against the metadata's; returns the leading slots left out."""
     if source.width is not None and width != source.width:
         raise DataError(
             f"{file}: windows of {width} + 1 items, but the metadata says seq_length {source.width}; "
             "the metadata file does not match the data (give the metadata these windows were written with)"
         )
+    return width - source.seq_length
 
 
-def _value_names_check(source: WindowSource, file: Path, names: list) -> None:
+def _no_context(file: Path) -> DataError:
+    return DataError(
+        f"{file}: the windows have no {CONTEXT} (which items are context from earlier splits); they "
+        "were written by an earlier version of sequifier: run `sequifier preprocess` again"
+    )
+
+
+def _value_names_check(source: WindowSource, file: Path, names: list) -> int:
+    """Check a wide file's columns; returns the leading slots left out (see _width_check)."""
     needed = value_columns(source.seq_length)
     missing = [n for n in needed if n not in names]
     if missing or INPUT_COLUMN not in names:
@@ -115,7 +148,9 @@ def _value_names_check(source: WindowSource, file: Path, names: list) -> None:
             f"{file}: not a window file of seq_length >= {source.seq_length} (missing columns "
             f"{(missing or [INPUT_COLUMN])[:3]}...); the metadata file does not match the data"
         )
-    _width_check(source, file, max(int(name) for name in names if name.isdigit()))
+    if CONTEXT not in names:
+        raise _no_context(file)
+    return _width_check(source, file, max(int(name) for name in names if name.isdigit()))
 
 
 def read_chunks(source: WindowSource, file: Path, ids: bool = False):
@@ -125,18 +160,20 @@ def read_chunks(source: WindowSource, file: Path, ids: bool = False):
     try:
         if source.fmt == "parquet":
             handle = pq.ParquetFile(file)
-            _value_names_check(source, file, handle.schema_arrow.names)
-            names = [*(IDENTITY if ids else ()), INPUT_COLUMN, *value_columns(source.seq_length)]
+            cut = _value_names_check(source, file, handle.schema_arrow.names)
+            names = [*(IDENTITY if ids else ()), CONTEXT, INPUT_COLUMN, *value_columns(source.seq_length)]
             for batch in handle.iter_batches(batch_size=rows, columns=names):
-                yield _numpy_chunk(source, file, pa.Table.from_batches([batch]), ids)
+                yield _numpy_chunk(source, file, pa.Table.from_batches([batch]), ids, cut)
         elif source.fmt == "csv":
             types = {name: pa.float64() for name in value_columns(source.seq_length)}  # never inferred
-            convert = pacsv.ConvertOptions(column_types=types, strings_can_be_null=False)
+            convert = pacsv.ConvertOptions(
+                column_types={**types, CONTEXT: pa.int64()}, strings_can_be_null=False
+            )
             reader = pacsv.open_csv(file, convert_options=convert)
-            _value_names_check(source, file, reader.schema.names)
+            cut = _value_names_check(source, file, reader.schema.names)
             tables = (pa.Table.from_batches([batch]) for batch in reader)
             for table in rechunk(tables, rows):
-                yield _numpy_chunk(source, file, table, ids)
+                yield _numpy_chunk(source, file, table, ids, cut)
         else:
             yield _pt_chunk(source, file, ids)
     except (pa.ArrowInvalid, OSError, RuntimeError) as error:
@@ -152,13 +189,15 @@ def _pt_chunk(source: WindowSource, file: Path, ids: bool) -> dict:
             "the metadata file does not match the data"
         )
     width = next(iter(shard["values"].values())).shape[1]
-    _width_check(source, file, width - 1)
+    cut = _width_check(source, file, width - 1)
     if width < source.seq_length + 1:
         raise DataError(
             f"{file}: windows of {width} items are shorter than seq_length + 1 ({source.seq_length + 1})"
         )
+    if CONTEXT not in shard:
+        raise _no_context(file)
     blocks = {name: shard["values"][name][:, -(source.seq_length + 1) :].numpy() for name in source.columns}
-    chunk = _finish_chunk(source, file, blocks)
+    chunk = _finish_chunk(source, file, blocks, shard[CONTEXT].numpy(), cut)
     if ids:
         chunk[IDS] = {name: np.asarray(shard[name]) for name in IDENTITY}
     return chunk

@@ -18,13 +18,23 @@ PADDING_ID, OTHER_ID, MASK_ID = 0, 1, 2
 FIRST_ID = 3
 
 
-def sorted_values(column) -> list:
-    """The distinct values of a column, sorted, as JSON-ready Python values."""
-    return np.sort(pc.unique(column).to_numpy(zero_copy_only=False)).tolist()
+def value_counts(column) -> dict:
+    """The distinct values of a column, sorted, and how often each occurs: {"values", "counts"}
+    as JSON-ready lists."""
+    found = pc.value_counts(column)
+    values = found.field("values").to_numpy(zero_copy_only=False)
+    order = np.argsort(values, kind="stable")
+    counts = found.field("counts").to_numpy()
+    return {"values": values[order].tolist(), "counts": counts[order].tolist()}
 
 
-def merge_sorted_values(value_lists) -> list:
-    return sorted(set().union(*value_lists))
+def merge_counts(found) -> dict:
+    """{value: count} summed over several `value_counts` results."""
+    total = {}
+    for item in found:
+        for value, count in zip(item["values"], item["counts"]):
+            total[value] = total.get(value, 0) + count
+    return total
 
 
 def build_id_map(values: list) -> dict:
@@ -74,17 +84,24 @@ def id_map_from_json(raw: dict, dtype: str) -> dict:
     return {(int(k) if dtype == "int64" else k): v for k, v in raw.items()}
 
 
-def sequence_moments(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence: mean and sum of squared deviations (M2) of a real column."""
-    counts = np.diff(starts)
-    mean = np.add.reduceat(values, starts[:-1]) / counts
-    deviation = values - np.repeat(mean, counts)
-    return mean, np.add.reduceat(deviation * deviation, starts[:-1])
+def sequence_moments(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence: mean and sum of squared deviations (M2) of a real column, whose `values` are
+    the sequences' rows one after the other, `counts` of them per sequence (0 gives 0 and 0)."""
+    mean, m2 = np.zeros(len(counts)), np.zeros(len(counts))
+    filled = counts > 0
+    starts = (np.cumsum(counts) - counts)[filled]
+    if len(starts):
+        mean[filled] = np.add.reduceat(values, starts) / counts[filled]
+        deviation = values - np.repeat(mean, counts)
+        m2[filled] = np.add.reduceat(deviation * deviation, starts)
+    return mean, m2
 
 
 def combine_moments(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> tuple[float, float]:
     """Mean and sample standard deviation of the whole column from per-sequence moments."""
     total = counts.sum()
+    if total == 0:
+        return 0.0, 0.0
     mean = float(np.sum(counts * means) / total)
     spread = float(np.sum(m2) + np.sum(counts * (means - mean) ** 2))
     std = float(np.sqrt(spread / (total - 1))) if total > 1 else 0.0

@@ -1,6 +1,8 @@
-"""The runs of a search ranked: best validation loss (total and per target), epochs, wall time and
-size of each run, read from the files its training wrote; a run without them is marked failed,
-one whose validation loss was never a number diverged.
+"""The runs of a search ranked: best validation loss (total and per target) next to the best
+baseline of the validation split, accuracy, epochs, wall time and size of each run, read from the
+files its training wrote; a run without them is marked failed, one whose validation loss was never
+a number diverged. The best epoch is a trained one (epoch 0, the untrained model, only starts the
+curves).
 And the look of it: validation loss per epoch of every run, in one plot (PNG)."""
 
 import csv
@@ -9,7 +11,9 @@ from pathlib import Path
 
 from sequifier.files import atomic_path
 
-FIXED = ["rank", "run", "status", "best_validation_loss", "best_epoch", "epochs", "wall_s", "parameters"]
+FIXED = [
+    "rank", "run", "status", "best_validation_loss", "baseline_loss", "best_epoch", "epochs", "wall_s", "parameters"
+]  # fmt: skip
 
 
 def parameter_count(models: Path, name: str) -> int | None:
@@ -19,28 +23,48 @@ def parameter_count(models: Path, name: str) -> int | None:
     found = sorted(models.glob(f"sequifier-{name}-best-[0-9]*.pt"))
     if not found:
         return None
-    bundle = torch.load(found[-1], map_location="cpu", weights_only=False)
+    bundle = torch.load(found[-1], map_location="cpu", weights_only=True)
     return sum(tensor.numel() for tensor in bundle["state_dict"].values())
 
 
-def epoch_rows(metrics_path: Path) -> list[dict]:
-    """The per-epoch rows of a metrics CSV; none when it is missing or empty."""
+def metric_rows(metrics_path: Path, kind: str = "epoch") -> list[dict]:
+    """The rows of one kind of a metrics CSV; none when it is missing or empty."""
     if not metrics_path.is_file() or metrics_path.stat().st_size == 0:
         return []
     with open(metrics_path) as handle:
-        return [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]
+        return [row for row in csv.DictReader(handle) if row["kind"] == kind]
+
+
+def baseline(metrics_path: Path) -> dict:
+    """The best baseline of the run's validation split: baseline_loss, baseline_loss_{target} and
+    baseline_accuracy_{target}."""
+    rows = metric_rows(metrics_path, "baseline_best")
+    if not rows:
+        return {}
+    found = {"baseline_loss": float(rows[0]["validation_loss"])}
+    for key, value in rows[0].items():
+        if key.startswith(("validation_loss_", "validation_accuracy_")) and value:
+            found[f"baseline_{key[len('validation_') :]}"] = float(value)
+    return found
 
 
 def run_result(name: str, metrics_path: Path, models: Path) -> dict:
-    """One row of the leaderboard from the run's metrics CSV (epoch rows) and its best model."""
-    rows = epoch_rows(metrics_path)
+    """One row of the leaderboard from the run's metrics CSV (trained epochs) and its best model."""
+    rows = [row for row in metric_rows(metrics_path) if int(row["epoch"]) > 0]
     if not rows:
         return {"run": name, "status": "failed"}
     losses = [float(row["validation_loss"]) for row in rows]
     if not any(math.isfinite(loss) for loss in losses):  # trained, but to no number: not rankable
         return {"run": name, "status": "diverged", "epochs": int(rows[-1]["epoch"])}
     best = rows[min(range(len(rows)), key=lambda i: losses[i] if math.isfinite(losses[i]) else math.inf)]
-    per_target = {key: float(value) for key, value in best.items() if key.startswith("validation_loss_")}
+    baselines, per_target = baseline(metrics_path), {}
+    for key in (k for k in best if k.startswith("validation_loss_")):  # per target: model, then baseline
+        for figure in (key, key.replace("_loss_", "_accuracy_")):
+            if best.get(figure):
+                per_target[f"best_{figure}"] = float(best[figure])
+                per_target[f"baseline_{figure[len('validation_') :]}"] = baselines.get(
+                    f"baseline_{figure[len('validation_') :]}", ""
+                )
     return {
         "run": name,
         "status": "done",
@@ -49,7 +73,8 @@ def run_result(name: str, metrics_path: Path, models: Path) -> dict:
         "epochs": int(rows[-1]["epoch"]),
         "wall_s": round(float(rows[-1]["elapsed_s"]), 1),
         "parameters": parameter_count(models, name),
-        **{f"best_{key}": value for key, value in per_target.items()},
+        "baseline_loss": baselines.get("baseline_loss", ""),
+        **per_target,
     }
 
 
@@ -81,7 +106,8 @@ def write_leaderboard(path: Path, rows: list[dict]) -> None:
 
 
 def plot_curves(path: Path, metrics: dict, title: str) -> None:
-    """Validation loss per epoch of every run with metrics ({run: metrics CSV}), as a PNG."""
+    """Validation loss per epoch of every run with metrics ({run: metrics CSV}), from epoch 0 (the
+    untrained model), and the best baseline as a dashed line, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,11 +115,15 @@ def plot_curves(path: Path, metrics: dict, title: str) -> None:
     import matplotlib.ticker
 
     figure, axes = plt.subplots(figsize=(8, 5))
+    baselines = []
     for name, metrics_path in metrics.items():
-        rows = epoch_rows(metrics_path)
+        rows = metric_rows(metrics_path)
         if rows:
             epochs = [int(row["epoch"]) for row in rows]
             axes.plot(epochs, [float(row["validation_loss"]) for row in rows], marker="o", label=name)
+            baselines.append(baseline(metrics_path).get("baseline_loss"))
+    if baselines and baselines[0] is not None:
+        axes.axhline(baselines[0], color="gray", linestyle="--", label="best baseline")
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     axes.set_xlabel("epoch")
     axes.set_ylabel("validation loss")

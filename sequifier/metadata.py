@@ -11,7 +11,11 @@ from pathlib import Path
 from sequifier.errors import DataError
 from sequifier.files import read_json
 
-FORMAT = "sequifier-metadata/1"
+FORMAT = "sequifier-metadata/2"
+EARLIER_FORMATS = {
+    "sequifier-metadata/1": "its windows do not say which items are context from earlier splits, and its "
+    "id maps and statistics were fitted on every split",
+}
 SPLIT_NAMES = {1: ["train"], 2: ["train", "validation"], 3: ["train", "validation", "test"]}
 EXECUTION_KEYS = ("n_cores", "n_partitions", "continue_preprocessing", "work_path")
 
@@ -43,6 +47,12 @@ def load_metadata(path) -> dict:
         metadata = read_json(path)
     except ValueError as error:
         raise DataError(f"{path}: not a valid metadata file: {error}") from None
-    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise DataError(f"{path}: not a sequifier metadata file (expected format {FORMAT})")
+    found = metadata.get("format") if isinstance(metadata, dict) else None
+    if found in EARLIER_FORMATS:
+        raise DataError(
+            f"{path}: metadata of format {found}, written by an earlier version of sequifier "
+            f"({EARLIER_FORMATS[found]}); run `sequifier preprocess` again"
+        )
+    if found != FORMAT:
+        raise DataError(f"{path}: not a sequifier metadata file (expected format {FORMAT}, found {found!r})")
     return metadata

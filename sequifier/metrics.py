@@ -1,4 +1,10 @@
-"""The metrics CSV of a training run: one row per validation, rewritten atomically each time."""
+"""The metrics CSV of a training run: one row per validation, rewritten atomically each time.
+
+Rows of kind `epoch` (epoch 0: the untrained model, before the first optimizer step) and
+`interval` hold the model's figures; rows of kind `baseline_last_value`,
+`baseline_training_prior` and `baseline_best` (per target the better of the two) the baselines
+of the validation split (see `sequifier.evaluation`), once, in the validation columns.
+"""
 
 import csv
 import math
@@ -7,8 +13,9 @@ from pathlib import Path
 from sequifier.files import atomic_path
 
 
-def metric_columns(targets: list) -> list:
+def metric_columns(targets: list, categorical: list) -> list:
     per_target = [f"{split}_loss_{name}" for split in ("train", "validation") for name in targets]
+    per_target += [f"validation_accuracy_{name}" for name in categorical]
     return [
         "epoch",
         "batch",
@@ -42,10 +49,28 @@ def tracked(row: dict) -> dict:
         if key in ("epoch", "batch", "kind") or value is None:
             continue
         for split in ("train", "validation"):
-            if key.startswith(f"{split}_loss"):
+            if key.startswith((f"{split}_loss", f"{split}_accuracy")):
                 key = f"{split}/{key[len(split) + 1 :]}"
         out[key] = value
     return {**out, "epoch": row["epoch"]}
+
+
+def model_row(epoch: int, batch: int, kind: str, train: tuple, validation: dict) -> dict:
+    """A row of the model's figures; `train` is (total, {target: loss}), `validation` an evaluation."""
+    row = {"epoch": epoch, "batch": batch, "kind": kind, "train_loss": train[0]}
+    row["validation_loss"] = validation["loss"]
+    row.update({f"train_loss_{n}": v for n, v in train[1].items()})
+    row.update({f"validation_loss_{n}": v for n, v in validation["losses"].items()})
+    row.update({f"validation_accuracy_{n}": v for n, v in validation["accuracy"].items()})
+    return row
+
+
+def baseline_rows(baselines: dict) -> list:
+    """The rows of the baselines ({baseline: evaluation} of sequifier.evaluation)."""
+    return [
+        {**model_row(0, 0, f"baseline_{kind}", (math.nan, {}), found), "train_loss": None}
+        for kind, found in baselines.items()
+    ]
 
 
 def class_shares(counts, id_map: dict, top: int = 10) -> dict:

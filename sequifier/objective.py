@@ -1,13 +1,15 @@
 """The training objective: predict item t+1 of every target from items up to t.
 
 A window of seq_length + 1 items gives the inputs (items 0..S-1) and the targets (items 1..S).
-The loss covers the last `prediction_length` positions, without the targets that are padding.
+The loss covers the last `prediction_length` positions, without the targets that are padding or
+items of an earlier split (context of a validation or test window, never its targets).
 """
 
 import torch
 import torch.nn.functional as F
 
-from sequifier.data import PAD
+from sequifier.data import SPLIT_START
+from sequifier.encoding import FIRST_ID
 
 REAL_LOSSES = {"MSELoss": F.mse_loss, "L1Loss": F.l1_loss, "HuberLoss": F.huber_loss}
 
@@ -17,10 +19,11 @@ def model_inputs(batch: dict, columns, device) -> dict:
     return {name: batch[name][:, :-1].to(device, non_blocking=True) for name in columns}
 
 
-def target_mask(n_pad: torch.Tensor, seq_length: int, prediction_length: int) -> torch.Tensor:
-    """[windows, prediction_length]: which of the last prediction_length targets are real items."""
-    slots = torch.arange(seq_length - prediction_length + 1, seq_length + 1, device=n_pad.device)
-    return slots.unsqueeze(0) >= n_pad.unsqueeze(1).long()
+def target_mask(split_start: torch.Tensor, seq_length: int, prediction_length: int) -> torch.Tensor:
+    """[windows, prediction_length]: which of the last prediction_length targets are items of the
+    window's own split; `split_start` is each window's first such slot (after padding and context)."""
+    slots = torch.arange(seq_length - prediction_length + 1, seq_length + 1, device=split_start.device)
+    return slots.unsqueeze(0) >= split_start.unsqueeze(1).long()
 
 
 class Objective:
@@ -36,25 +39,50 @@ class Objective:
             for name, w in (training_spec["class_weights"] or {}).items()
         }
 
+    def mask(self, batch: dict, device) -> torch.Tensor:
+        """[windows, prediction_length]: the targets that count (the window's own split's items)."""
+        return target_mask(batch[SPLIT_START].to(device), self.seq_length, self.length)
+
+    def targets_of(self, batch: dict, name: str, device) -> torch.Tensor:
+        """The last prediction_length targets of a column."""
+        return batch[name][:, -self.length :].to(device, non_blocking=True)
+
+    def summed(self, name: str, per_item: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> tuple:
+        """(loss sum, normalizer) of per-item losses over the masked targets; categorical targets
+        are weighted by their class weights, as CrossEntropyLoss does."""
+        weight = self.class_weights.get(name)
+        scale = mask.float() if weight is None else mask * weight[target.long()]
+        return (per_item * scale).sum(), scale.sum()
+
     def losses(self, outputs: dict, batch: dict) -> dict:
         """{target: (loss sum, normalizer)} over the batch's valid target positions."""
         device = next(iter(outputs.values())).device
-        mask = target_mask(batch[PAD].to(device), self.seq_length, self.length)
+        mask = self.mask(batch, device)
         result = {}
         for name, kind in self.targets:
             predicted = outputs[name][:, -self.length :].float()
-            target = batch[name][:, -self.length :].to(device, non_blocking=True)
+            target = self.targets_of(batch, name, device)
             if kind == "categorical":
                 target = target.long()
-                weight = self.class_weights.get(name)
-                per_item = F.cross_entropy(
-                    predicted.flatten(0, 1), target.flatten(), weight=weight, reduction="none"
-                )
-                scale = mask.float() if weight is None else mask * weight[target]
-                result[name] = ((per_item.view_as(mask) * mask).sum(), scale.sum())
+                per_item = F.cross_entropy(predicted.flatten(0, 1), target.flatten(), reduction="none")
+                per_item = per_item.view_as(mask)
             else:
                 per_item = REAL_LOSSES[self.criteria[name]](predicted, target, reduction="none")
-                result[name] = ((per_item * mask).sum(), mask.sum().float())
+            result[name] = self.summed(name, per_item, target, mask)
+        return result
+
+    def correct(self, outputs: dict, batch: dict) -> dict:
+        """{categorical target: (right predictions, targets)}: top-1 over the ordinary classes (ids
+        from FIRST_ID, as inference predicts) on the batch's valid target positions."""
+        result = {}
+        for name, kind in self.targets:
+            if kind != "categorical":
+                continue
+            logits = outputs[name][:, -self.length :]
+            mask = self.mask(batch, logits.device)
+            predicted = logits[..., FIRST_ID:].argmax(-1) + FIRST_ID
+            right = (predicted == self.targets_of(batch, name, logits.device).long()) & mask
+            result[name] = (right.sum().float(), mask.sum().float())
         return result
 
     def total(self, losses: dict) -> torch.Tensor:

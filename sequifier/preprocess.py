@@ -167,11 +167,24 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     shutil.rmtree(plan.work, ignore_errors=True)
     windows = ", ".join(f"{name} {count:,}" for name, count in metadata["n_windows"].items())
     logger.info(
-        "preprocessed %s rows, %s sequences into windows (%s) in %.1f s; metadata: %s",
+        "preprocessed %s rows, %s sequences into windows (%s) in %.1f s; %s; metadata: %s",
         f"{metadata['n_rows']:,}",
         f"{metadata['n_sequences']:,}",
         windows,
         time.perf_counter() - started,
+        other_summary(metadata),
         plan.metadata_path,
     )
     return metadata
+
+
+def other_summary(metadata: dict) -> str:
+    """What the summary says of values outside the id maps (read as other, id 1)."""
+    found = metadata["other_values"]
+    if not found:
+        return "every categorical value is in its id map"
+    columns = [
+        f"{column} {entry['values']:,} values ({sum(entry['items'].values()):,} items)"
+        for column, entry in found.items()
+    ]
+    return "read as other (not in the id map): " + ", ".join(columns)

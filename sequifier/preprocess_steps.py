@@ -90,8 +90,19 @@ def part_bounds(plan: Plan, part: Part) -> np.ndarray:
 # --- scan ----------------------------------------------------------------------------------
 
 
+def row_splits(part: Part, bounds: np.ndarray) -> np.ndarray:
+    """The split of every row of a part, from its sequences' split bounds."""
+    lengths = part.lengths
+    index = np.arange(int(lengths.sum())) - np.repeat(part.starts[:-1], lengths)
+    split = np.zeros(len(index), dtype=np.int8)
+    for k in range(1, bounds.shape[1] - 1):
+        split += index >= np.repeat(bounds[:, k], lengths)
+    return split
+
+
 def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
-    """Per part: distinct categorical values, per-sequence moments of real columns, counts.
+    """Per part: each split's categorical values and their counts, per-sequence moments of real
+    columns (over the training split's items, and over all items with fit_on_all_splits), counts.
 
     The sorted rows are written for the windows step unless the caller keeps `Part` in memory.
     """
@@ -110,17 +121,31 @@ def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
             f"{error.stride} does not divide ({error.count} sequences of part {p} alike); "
             "use subsequence_start_mode 'distribute' or a stride that divides"
         ) from None
-    lengths = part.lengths
-    sequences = {SEQUENCE: part.sequence_ids(), "hash": pa.array(part.hashes), "length": pa.array(lengths)}
+    splits = row_splits(part, bounds)
+    training = splits == 0
+    sequences = {
+        SEQUENCE: part.sequence_ids(),
+        "hash": pa.array(part.hashes),
+        "length": pa.array(part.lengths),
+    }
+    sequences["training_length"] = pa.array(bounds[:, 1] - bounds[:, 0])
     for column in plan.columns.real():
-        mean, m2 = encoding.sequence_moments(part.table.column(column).to_numpy(), part.starts)
+        values = part.table.column(column).to_numpy()
+        mean, m2 = encoding.sequence_moments(values[training], bounds[:, 1] - bounds[:, 0])
         sequences[f"{column}.mean"], sequences[f"{column}.m2"] = pa.array(mean), pa.array(m2)
+        if config["fit_on_all_splits"]:
+            mean, m2 = encoding.sequence_moments(values, part.lengths)
+            sequences[f"{column}.all.mean"], sequences[f"{column}.all.m2"] = pa.array(mean), pa.array(m2)
+    masks = [pa.array(splits == k) for k in range(len(plan.strides))]
     summary = {
-        "rows": int(lengths.sum()),
-        "sequences": len(lengths),
+        "rows": int(part.lengths.sum()),
+        "sequences": len(part.lengths),
         "items": np.diff(bounds, axis=1).sum(axis=0).tolist(),
         "windows": n_windows,
-        "values": {c: encoding.sorted_values(part.table.column(c)) for c in plan.columns.categorical()},
+        "values": {
+            c: [encoding.value_counts(part.table.column(c).filter(mask)) for mask in masks]
+            for c in plan.columns.categorical()
+        },
     }
     if write_rows:
         with atomic_path(plan.sorted_path(p)) as tmp:
@@ -134,37 +159,69 @@ def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
 # --- reduce --------------------------------------------------------------------------------
 
 
-def _id_maps(plan: Plan, scans: list) -> dict:
+def _id_maps(plan: Plan, counts: dict) -> dict:
+    """Per categorical column, its id map: precomputed, or built from the values of the training
+    split (of every split with fit_on_all_splits). `counts` is {column: [{value: count} per split]}."""
     id_maps = {}
     precomputed = plan.config["use_precomputed_maps"] or []
+    fitted = slice(None) if plan.config["fit_on_all_splits"] else slice(0, 1)
     for column in plan.columns.categorical():
-        values = encoding.merge_sorted_values(s["values"][column] for s in scans)
-        if column not in precomputed:
-            id_maps[column] = encoding.build_id_map(values)
-            continue
-        path = plan.root / plan.config["id_maps_path"] / f"{column}.json"
-        id_maps[column] = encoding.load_precomputed_map(path, column, plan.columns.dtype(column))
-        unseen = [v for v in values if v not in id_maps[column]]
-        if unseen:
-            logger.warning(
-                "%d distinct values of column '%s' are not in %s and get id %d (other), e.g. %r",
-                len(unseen),
-                column,
-                path,
-                encoding.OTHER_ID,
-                unseen[:3],
-            )
+        if column in precomputed:
+            path = plan.root / plan.config["id_maps_path"] / f"{column}.json"
+            id_maps[column] = encoding.load_precomputed_map(path, column, plan.columns.dtype(column))
+        else:
+            values = set().union(*counts[column][fitted])
+            id_maps[column] = encoding.build_id_map(sorted(values))
     return id_maps
 
 
-def _statistics(plan: Plan, sequences: pa.Table) -> dict:
-    lengths = sequences.column("length").to_numpy()
+def _other_values(plan: Plan, counts: dict, id_maps: dict, names: list) -> dict:
+    """Per categorical column with values outside its id map (read as other, id 1): how many
+    distinct values, and how many items of each split."""
+    found = {}
+    for column, per_split in counts.items():
+        id_map = id_maps[column]
+        unseen = {v for split in per_split for v in split if v not in id_map}
+        if not unseen:
+            continue
+        items = {
+            name: sum(n for v, n in split.items() if v not in id_map) for name, split in zip(names, per_split)
+        }
+        found[column] = {"values": len(unseen), "items": items, "examples": sorted(unseen)[:3]}
+        source = (
+            "the precomputed map"
+            if column in (plan.config["use_precomputed_maps"] or [])
+            else "the training split"
+        )
+        logger.warning(
+            "column '%s': %d distinct values are not in %s and read as other (id %d): %s; e.g. %r",
+            column, len(unseen), source, encoding.OTHER_ID,
+            ", ".join(f"{n:,} items of {name}" for name, n in items.items() if n), found[column]["examples"],
+        )  # fmt: skip
+    return found
+
+
+def _training_counts(counts: dict, id_maps: dict) -> dict:
+    """Per categorical column, how many items of the training split have each id (by id)."""
+    found = {}
+    for column, per_split in counts.items():
+        id_map = id_maps[column]
+        by_id = [0] * (max(id_map.values(), default=encoding.FIRST_ID - 1) + 1)
+        for value, n in per_split[0].items():
+            by_id[id_map.get(value, encoding.OTHER_ID)] += n
+        found[column] = by_id
+    return found
+
+
+def _statistics(plan: Plan, sequences: pa.Table, fitted_on_all: bool) -> dict:
+    """Mean and standard deviation of each real column, over the training split's items (or all)."""
     statistics = {}
     for column in plan.columns.real():
+        prefix, length = (f"{column}.all", "length") if fitted_on_all else (column, "training_length")
         mean, std = encoding.combine_moments(
-            lengths,
-            sequences.column(f"{column}.mean").to_numpy(),
-            sequences.column(f"{column}.m2").to_numpy(),
+            sequences.column(length).to_numpy(),
+            sequences.column(f"{prefix}.mean").to_numpy(),
+            sequences.column(f"{prefix}.m2").to_numpy(),
         )
         statistics[column] = {"mean": mean, "std": std}
     return statistics
@@ -196,8 +253,18 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> di
         raise DataError(f"{plan.root / config['data_path']}: the table has no rows")
     if config["process_by_file"]:
         _check_sequences_unique(plan, sequences, [s["sequences"] for s in scans])
-    id_maps = _id_maps(plan, scans)
     names = meta.split_names(len(config["split_ratios"]))
+    n_items = np.sum([s["items"] for s in scans], axis=0).tolist()
+    if n_items[0] == 0:
+        raise DataError(
+            f"{plan.root / config['data_path']}: the training split holds no items (split_ratios "
+            f"{config['split_ratios']}, {config['split_method']}); the encoding is fitted on it"
+        )
+    counts = {
+        c: [encoding.merge_counts(s["values"][c][k] for s in scans) for k in range(len(names))]
+        for c in plan.columns.categorical()
+    }
+    id_maps = _id_maps(plan, counts)
     metadata = {
         "format": meta.FORMAT,
         "sequifier_version": __version__,
@@ -210,8 +277,12 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> di
         "real_columns": plan.columns.real(),
         "id_maps": {c: encoding.id_map_to_json(m) for c, m in id_maps.items()},
         "n_classes": {c: max(m.values(), default=encoding.FIRST_ID - 1) + 1 for c, m in id_maps.items()},
-        "selected_columns_statistics": _statistics(plan, sequences),
+        "selected_columns_statistics": _statistics(plan, sequences, config["fit_on_all_splits"]),
         "normalize_real_columns": config["normalize_real_columns"],
+        "fit_on_all_splits": config["fit_on_all_splits"],
+        "training_class_counts": _training_counts(counts, id_maps),
+        "training_statistics": _statistics(plan, sequences, False),
+        "other_values": _other_values(plan, counts, id_maps, names),
         "seq_length": config["seq_length"],
         "split_method": config["split_method"],
         "split_ratios": config["split_ratios"],
@@ -221,7 +292,7 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> di
         "merge_output": plan.merged,
         "n_rows": n_rows,
         "n_sequences": sum(s["sequences"] for s in scans),
-        "n_items": dict(zip(names, np.sum([s["items"] for s in scans], axis=0).tolist())),
+        "n_items": dict(zip(names, n_items)),
         "n_windows": dict(zip(names, np.sum([s["windows"] for s in scans], axis=0).tolist())),
         "preprocess_config": meta.recorded_config(config),
     }

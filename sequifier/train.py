@@ -20,11 +20,13 @@ from tqdm import tqdm
 from sequifier import checkpoint, distributed
 from sequifier.data import PAD, open_windows
 from sequifier.errors import ConfigError
+from sequifier.evaluation import Evaluator, add, means, weighted_total
 from sequifier.export import export_run
-from sequifier.metrics import class_shares, metric_columns, tracked, write_metrics
+from sequifier.metrics import baseline_rows, class_shares, metric_columns, model_row, tracked, write_metrics
 from sequifier.model import Transformer
 from sequifier.objective import Objective, model_inputs
-from sequifier.optim import build_optimizer, build_scheduler
+from sequifier.optim import build_optimizer
+from sequifier.schedules import RunLength, build_schedule
 from sequifier.tracking import Tracker
 from sequifier.train_config import TrainPlan, make_train_plan
 
@@ -56,13 +58,6 @@ class Trainer:
         self.device = process.device
         torch.manual_seed(self.config["seed"])
         self.model = Transformer(plan.model_args()).to(self.device)
-        try:
-            self.optimizer = build_optimizer(
-                self.model.parameters(), spec["optimizer"], spec["learning_rate"]
-            )
-            self.scheduler = build_scheduler(self.optimizer, spec["scheduler"])
-        except ConfigError as error:
-            raise ConfigError(f"{plan.source}: {error}") from None
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
         self.objective = Objective(
@@ -80,10 +75,22 @@ class Trainer:
         if in_ram:
             self.train_data.to(self.device)
             self.validation_data.to(self.device)
+        batches = self.train_data.batch_count(
+            spec["batch_size"], shuffle=True, rank=process.rank, world=process.world
+        )
+        length = RunLength(spec["epochs"], math.ceil(batches / spec["accumulation_steps"]))
+        try:
+            self.optimizer = build_optimizer(self.model, spec["optimizer"], spec["learning_rate"])
+            self.schedule = build_schedule(
+                self.optimizer, spec["scheduler"], spec["scheduler_step_on"], length
+            )
+        except ConfigError as error:
+            raise ConfigError(f"{plan.source}: {error}") from None
         self.progress = Progress()
         self.wandb_id = None  # the W&B run, continued on resume
         self.validation_seconds = 0.0
-        self.columns = metric_columns(plan.config["target_columns"])
+        self.evaluator = Evaluator(self.validation_data, self.objective, self.config, process, self.device)
+        self.columns = metric_columns(plan.config["target_columns"], self.evaluator.categorical)
         self.network = torch.compile(self.model) if spec["compile"] else self.model
         if process.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -106,8 +113,8 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        if self.schedule is not None:
+            self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
         self.wandb_id = state.get("wandb_id")
@@ -132,7 +139,7 @@ class Trainer:
                 "wandb_id": self.wandb_id,
                 "model": self.model.state_dict(),
                 "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+                "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
                 "scaler": self.scaler.state_dict(),
                 "progress": vars(p),
             },
@@ -153,8 +160,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.progress.steps += 1
-        if self.scheduler is not None and self.spec["scheduler_step_on"] == "batch":
-            self.scheduler.step()
+        if self.schedule is not None:
+            self.schedule.after_step()
 
     def _group_seed(self, epoch: int, first_batch: int) -> int:
         """Dropout is seeded per optimizer step, so a resumed run draws what an uninterrupted one would."""
@@ -192,9 +199,7 @@ class Trainer:
                     outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
                 losses = self.objective.losses(outputs, batch)
                 self.scaler.scale(self.objective.total(losses) / group).backward()
-            for name, (loss, count) in losses.items():
-                stacked = torch.stack([loss.detach(), count.detach()])
-                sums[name] = sums[name] + stacked if name in sums else stacked
+            add(sums, losses)
             windows += len(batch[PAD])
             if not sync:
                 continue
@@ -213,65 +218,35 @@ class Trainer:
 
     def _reduce(self, sums: dict) -> tuple:
         """(total, {target: loss}) from per-target (loss sum, normalizer), summed over the processes."""
-        names = self.config["target_columns"]
-        stacked = torch.stack([sums.get(n, torch.zeros(2, device=self.device)) for n in names])
-        stacked = distributed.all_sum(self.process, stacked).tolist()
-        per_target = {n: total / count if count else math.nan for n, (total, count) in zip(names, stacked)}
-        weights = self.spec["loss_weights"]
-        return sum(weights[n] * per_target[n] for n in names), per_target
+        per_target = means(self.process, sums, self.config["target_columns"], self.device)
+        return weighted_total(self.spec["loss_weights"], per_target), per_target
 
-    @torch.no_grad()
-    def validate(self) -> tuple:
-        """(total, {target: loss}, {column: predicted class counts}) over the whole validation split."""
-        started, model = time.perf_counter(), self.model.eval()
-        sums, counts = {}, {name: None for name in self.spec["class_share_log_columns"]}
-        rank, world = self.process.rank, self.process.world
-        batches = self.validation_data.batches(
-            self.config["inference_batch_size"], shuffle=False, rank=rank, world=world
-        )
-        for batch in batches:
-            with self._autocast():
-                outputs = model(model_inputs(batch, self.config["input_columns"], self.device))
-            for name, (total, count) in self.objective.losses(outputs, batch).items():
-                stacked = torch.stack([total, count])
-                sums[name] = sums[name] + stacked if name in sums else stacked
-            for name in counts:
-                found = torch.bincount(outputs[name][:, -1].argmax(-1), minlength=outputs[name].shape[-1])
-                counts[name] = found if counts[name] is None else counts[name] + found
-        counts = {
-            name: distributed.all_sum(self.process, found if found is not None else torch.zeros(0)).cpu()
-            for name, found in counts.items()
-        }
-        total, per_target = self._reduce(sums)
+    def validate(self) -> dict:
+        """The model on the whole validation split (see sequifier.evaluation)."""
+        started = time.perf_counter()
+        found = self.evaluator.model(self.model, self._autocast)
         self.validation_seconds += time.perf_counter() - started
-        return total, per_target, counts
+        return found
 
     # -- records --------------------------------------------------------------------------------
 
     def record(self, epoch: int, batch: int, kind: str, train: tuple, rate: float, tracker: Tracker) -> float:
         """Validate, then write a metrics row (CSV, W&B, log); returns the validation loss."""
-        validation, per_target, counts = self.validate()
+        validation = self.validate()
         p = self.progress
-        row = {
-            "epoch": epoch,
-            "batch": batch,
-            "kind": kind,
-            "train_loss": train[0],
-            "validation_loss": validation,
-        }
-        row.update({f"train_loss_{n}": v for n, v in train[1].items()})
-        row.update({f"validation_loss_{n}": v for n, v in per_target.items()})
+        row = model_row(epoch, batch, kind, train, validation)
         row["learning_rate"] = self.optimizer.param_groups[0]["lr"]
         row["windows_per_s"] = rate
         row["elapsed_s"] = p.elapsed + time.perf_counter() - self.started
-        p.rows = [r for r in p.rows if (r["epoch"], r["batch"]) != (epoch, batch)] + [
+        same = (epoch, batch, kind)
+        p.rows = [r for r in p.rows if (r["epoch"], r["batch"], r["kind"]) != same] + [
             row
         ]  # once, on resume too
         if not self.process.main:
-            return validation
+            return validation["loss"]
         write_metrics(self.plan.metrics_path, self.columns, p.rows)
         logged = tracked(row)
-        for name, found in counts.items():
+        for name, found in validation["counts"].items():
             shares = class_shares(found, self.plan.metadata["id_maps"].get(name, {}))
             log.info(
                 "predicted class shares of %s: %s",
@@ -280,16 +255,49 @@ class Trainer:
             )
             logged.update({f"class_share/{name}/{value}": share for value, share in shares.items()})
         tracker.log(logged, step=p.steps)
+        accuracy = "".join(f", accuracy of {n} {v:.4f}" for n, v in validation["accuracy"].items())
+        trained = f"train loss {train[0]:.5f}" if epoch else "untrained"
         log.info(
-            "epoch %d batch %d: train loss %.5f, validation loss %.5f", epoch, batch, train[0], validation
+            "epoch %d batch %d: %s, validation loss %.5f%s",
+            epoch,
+            batch,
+            trained,
+            validation["loss"],
+            accuracy,
         )
-        return validation
+        return validation["loss"]
+
+    def record_start(self, tracker: Tracker) -> None:
+        """Before the first optimizer step: the baselines of the validation split and the
+        untrained model (epoch 0), so that a curve starts where training starts."""
+        p = self.progress
+        if p.epoch or p.batches_done or any(row["epoch"] == 0 for row in p.rows):
+            return
+        baselines = self.evaluator.baselines(self.plan.metadata)
+        p.rows.extend(baseline_rows(baselines))
+        if self.process.main:
+            summary = {
+                f"baseline/{kind}/{key}/{name}": value
+                for kind, found in baselines.items()
+                for key in ("losses", "accuracy")
+                for name, value in found[key].items()
+            }
+            tracker.summary({**summary, **{f"baseline/{k}/loss": f["loss"] for k, f in baselines.items()}})
+            best = baselines["best"]
+            log.info(
+                "baselines on the validation split (best per target): loss %.5f%s",
+                best["loss"],
+                "".join(f", accuracy of {n} {v:.4f}" for n, v in best["accuracy"].items()),
+            )
+        nothing = {n: math.nan for n in self.config["target_columns"]}
+        self.record(0, 0, "epoch", (math.nan, nothing), math.nan, tracker)
 
     # -- the epochs -----------------------------------------------------------------------------
 
     def fit(self, tracker: Tracker) -> None:
         p, spec = self.progress, self.spec
         self.started = time.perf_counter()
+        self.record_start(tracker)
         try:
             for epoch in range(p.epoch + 1, spec["epochs"] + 1):
                 train, rate = self.train_epoch(epoch, tracker)
@@ -303,8 +311,8 @@ class Trainer:
                         }
                     else:
                         p.stale_epochs += 1
-                    if self.scheduler is not None and spec["scheduler_step_on"] == "epoch":
-                        self.scheduler.step()
+                    if self.schedule is not None:
+                        self.schedule.after_epoch()
                 stop = (
                     spec["early_stopping_epochs"] is not None
                     and p.stale_epochs >= spec["early_stopping_epochs"]

@@ -1,8 +1,10 @@
 """Window tables and the files they are written to.
 
 A window table is the wide format: one row per (window, column) with sequenceId, subsequenceId,
-startItemPosition, inputCol and the values W..0 (oldest item first). The pt format stores the
-same windows as one tensor per column, [windows, W + 1].
+startItemPosition, contextSlots, inputCol and the values W..0 (oldest item first). contextSlots
+counts the leading slots that are padding or items of earlier splits: context that is never a
+target of the window's own split. The pt format stores the same windows as one tensor per
+column, [windows, W + 1].
 """
 
 from pathlib import Path
@@ -18,7 +20,8 @@ import pyarrow.parquet as pq
 from sequifier.table import SEQUENCE
 from sequifier.windows import Windows, slot_rows, start_positions
 
-SUBSEQUENCE, START, INPUT_COLUMN = "subsequenceId", "startItemPosition", "inputCol"
+SUBSEQUENCE, START, CONTEXT, INPUT_COLUMN = "subsequenceId", "startItemPosition", "contextSlots", "inputCol"
+HEADER = (SEQUENCE, SUBSEQUENCE, START, CONTEXT, INPUT_COLUMN)  # the columns before the values
 ROW_GROUP_WINDOWS = 8192
 FLOAT32_EXACT_IDS = 1 << 24
 
@@ -65,10 +68,11 @@ def window_table(
         sequence_ids.take(pa.array(np.repeat(windows.sequence, n_columns))),
         pa.array(np.repeat(windows.subsequence, n_columns)),
         pa.array(np.repeat(start_positions(positions, seq_start, windows), n_columns)),
+        pa.array(np.repeat(windows.context.astype(np.int32), n_columns)),
         input_col,
         *(pa.array(row) for row in stacked),
     ]
-    return pa.table(arrays, names=[SEQUENCE, SUBSEQUENCE, START, INPUT_COLUMN, *value_columns(seq_length)])
+    return pa.table(arrays, names=[*HEADER, *value_columns(seq_length)])
 
 
 def write_ipc(path: Path, tables) -> None:
@@ -154,13 +158,13 @@ def rechunk(tables, rows: int):
 def _parquet_options(schema: pa.Schema) -> dict:
     """lz4; ids dictionary-encoded; float values byte-stream-split (dictionaries of floats are
     slow and gain nothing); statistics for the window ids only."""
-    values = schema.names[4:]
-    options = {"compression": "lz4", "write_statistics": [SEQUENCE, SUBSEQUENCE, START, INPUT_COLUMN]}
+    values = schema.names[len(HEADER) :]
+    options = {"compression": "lz4", "write_statistics": list(HEADER)}
     if pa.types.is_integer(schema.field(values[0]).type):
         return {**options, "use_dictionary": True}
     return {
         **options,
-        "use_dictionary": [SEQUENCE, INPUT_COLUMN],
+        "use_dictionary": [SEQUENCE, CONTEXT, INPUT_COLUMN],
         "column_encoding": {name: "BYTE_STREAM_SPLIT" for name in values},
     }
 
@@ -194,7 +198,7 @@ def to_tensors(table: pa.Table, columns: list[str], kinds: dict) -> dict:
     import torch
 
     n_columns = len(columns)
-    values = np.stack([table.column(name).to_numpy() for name in table.column_names[4:]], axis=1)
+    values = np.stack([table.column(name).to_numpy() for name in table.column_names[len(HEADER) :]], axis=1)
     ids = table.column(SEQUENCE).to_numpy(zero_copy_only=False)[::n_columns]
     tensors = {}
     for c, name in enumerate(columns):
@@ -206,6 +210,7 @@ def to_tensors(table: pa.Table, columns: list[str], kinds: dict) -> dict:
         SEQUENCE: torch.from_numpy(ids.astype(np.int64)) if ids.dtype.kind in "iu" else ids.tolist(),
         SUBSEQUENCE: torch.from_numpy(table.column(SUBSEQUENCE).to_numpy()[::n_columns].copy()),
         START: torch.from_numpy(table.column(START).to_numpy()[::n_columns].copy()),
+        CONTEXT: torch.from_numpy(table.column(CONTEXT).to_numpy()[::n_columns].copy()),
         "columns": list(columns),
         "values": tensors,
     }

@@ -3,8 +3,9 @@
 A window holds W + 1 consecutive items of one sequence (W = seq_length), stored oldest first.
 Windows of split k end on an item of split k and may take context from before it; a segment
 shorter than W + 1 items is left-padded. A window is described by its sequence, its index in
-that sequence and split (subsequenceId) and `offset`: the index, within the sequence, of its
-first slot (negative when the window starts with padding).
+that sequence and split (subsequenceId), `offset`: the index, within the sequence, of its
+first slot (negative when the window starts with padding), and `context`: how many leading slots
+are padding or items of earlier splits, so that an evaluation counts only its own split's items.
 """
 
 from dataclasses import dataclass
@@ -38,12 +39,14 @@ class Windows:
     sequence: np.ndarray  # index of the sequence (in the part's sorted order)
     subsequence: np.ndarray  # index of the window within its sequence and split
     offset: np.ndarray  # index in the sequence of the window's first slot; < 0 means padding
+    context: np.ndarray  # leading slots before the split's first item (padding, earlier splits)
 
     def __len__(self) -> int:
         return len(self.sequence)
 
     def slice(self, start: int, stop: int) -> "Windows":
-        return Windows(self.sequence[start:stop], self.subsequence[start:stop], self.offset[start:stop])
+        part = slice(start, stop)
+        return Windows(self.sequence[part], self.subsequence[part], self.offset[part], self.context[part])
 
 
 def windows_of_split(bounds: np.ndarray, k: int, seq_length: int, stride: int, mode: str) -> Windows:
@@ -72,7 +75,8 @@ def windows_of_split(bounds: np.ndarray, k: int, seq_length: int, stride: int, m
         start = (2 * j * span[segment] + gaps) // (2 * gaps)
         start = np.where(counts[segment] == 1, 0, start)
     offset = segment_start[segment] - padding[segment] + start
-    return Windows(sequence=active[segment], subsequence=j, offset=offset)
+    context = np.maximum(lo[active][segment] - offset, 0)  # the slot of the split's first item
+    return Windows(sequence=active[segment], subsequence=j, offset=offset, context=context)
 
 
 def window_counts(bounds: np.ndarray, seq_length: int, strides, mode: str) -> list[int]:

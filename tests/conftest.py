@@ -30,6 +30,19 @@ def sequences_table(n_sequences=30, min_length=3, max_length=40, seed=0, n_categ
     return pd.concat(frames, ignore_index=True)
 
 
+def items_of_splits(table, ratios) -> list:
+    """Per split (within_sequence), the set of its (sequenceId, itemPosition): each sequence cut in
+    time order by the ratios, rounding to the nearest item."""
+    splits = [set() for _ in ratios]
+    for sequence, group in table.groupby("sequenceId"):
+        positions = sorted(group.itemPosition)
+        cumulative = np.concatenate([[0], np.cumsum(ratios)])
+        bounds = np.floor(cumulative * len(positions) + 0.5).astype(int)
+        for k in range(len(ratios)):
+            splits[k].update((sequence, p) for p in positions[bounds[k] : bounds[k + 1]])
+    return splits
+
+
 class Project:
     """A sequifier project folder in a tmp dir: data, configs, and the outputs of a run."""
 

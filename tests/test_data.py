@@ -5,7 +5,7 @@ import torch
 from conftest import sequences_table
 
 from sequifier import config
-from sequifier.data import PAD, InMemoryWindows, StreamedWindows
+from sequifier.data import PAD, SPLIT_START, InMemoryWindows, StreamedWindows
 from sequifier.train_config import make_train_plan
 
 
@@ -37,7 +37,7 @@ def windows_by_format(project):
 
 def test_every_format_gives_the_same_windows(windows_by_format):
     (plan, reference), *others = windows_by_format.values()
-    assert set(reference.tensors) == {PAD, "item", "code", "price"}
+    assert set(reference.tensors) == {PAD, SPLIT_START, "item", "code", "price"}
     assert (
         reference.tensors["item"].dtype == torch.int32 and reference.tensors["price"].dtype == torch.float32
     )

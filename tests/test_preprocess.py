@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import sequences_table
+from conftest import items_of_splits, sequences_table
 
 W = 4
 
@@ -48,17 +48,6 @@ def assert_windows_match_table(windows, metadata, table, split_items):
         assert (sequence, start + W) in split_items, "the window's last item belongs to its split"
 
 
-def items_of_splits(table, ratios):
-    splits = [set() for _ in ratios]
-    for sequence, group in table.groupby("sequenceId"):
-        positions = sorted(group.itemPosition)
-        cumulative = np.concatenate([[0], np.cumsum(ratios)])
-        bounds = np.floor(cumulative * len(positions) + 0.5).astype(int)
-        for k in range(len(ratios)):
-            splits[k].update((sequence, p) for p in positions[bounds[k] : bounds[k + 1]])
-    return splits
-
-
 def test_windows_hold_the_tables_values(project):
     table = sequences_table()
     project.write_data(table)
@@ -66,10 +55,15 @@ def test_windows_hold_the_tables_values(project):
     splits = items_of_splits(table, [0.6, 0.2, 0.2])
     for k in range(3):
         windows = project.split(k)
-        assert list(windows.columns[:4]) == ["sequenceId", "subsequenceId", "startItemPosition", "inputCol"]
-        assert list(windows.columns[4:]) == [str(i) for i in range(W, -1, -1)]
+        assert list(windows.columns[:5]) == [
+            "sequenceId", "subsequenceId", "startItemPosition", "contextSlots", "inputCol"
+        ]  # fmt: skip
+        assert list(windows.columns[5:]) == [str(i) for i in range(W, -1, -1)]
         assert len(windows) == 3 * metadata["n_windows"][metadata["split_names"][k]]
         assert_windows_match_table(windows, metadata, table, splits[k])
+        for window in windows[windows.inputCol == "item"].itertuples():
+            own = [(window.sequenceId, window.startItemPosition + t) in splits[k] for t in range(W + 1)]
+            assert own == [t >= window.contextSlots for t in range(W + 1)], "context, then the split's items"
     assert metadata["n_rows"] == len(table) and metadata["n_sequences"] == table.sequenceId.nunique()
     assert sum(metadata["n_items"].values()) == len(table)
 
@@ -83,9 +77,13 @@ def test_metadata_holds_id_maps_and_statistics(project):
     assert metadata["id_maps"]["item"] == {f"v{i}": 3 + i for i in range(6)}
     assert metadata["id_maps"]["code"] == {str(100 + i): 3 + i for i in range(6)}
     assert metadata["n_classes"] == {"item": 9, "code": 9}
+    training = items_of_splits(table, [0.8, 0.1, 0.1])[0]
+    train = table[[key in training for key in zip(table.sequenceId, table.itemPosition)]]
     stats = metadata["selected_columns_statistics"]["price"]
-    assert stats["mean"] == pytest.approx(table.price.mean(), rel=1e-12)
-    assert stats["std"] == pytest.approx(table.price.std(), rel=1e-12)
+    assert stats["mean"] == pytest.approx(train.price.mean(), rel=1e-12)
+    assert stats["std"] == pytest.approx(train.price.std(), rel=1e-12)
+    counts = train.item.value_counts()
+    assert metadata["training_class_counts"]["item"] == [0, 0, 0, *(counts[f"v{i}"] for i in range(6))]
     assert metadata["split_paths"] == [f"data/table-split{k}.parquet" for k in range(3)]
     assert metadata["seq_length"] == W and metadata["input_hash"].startswith("blake2b:")
     windows = project.split(0)
@@ -127,19 +125,21 @@ def _output_bytes(project, name="table"):
 
 
 @pytest.mark.parametrize(
-    "fmt, method, string_ids",
+    "fmt, method, string_ids, fit_on_all_splits",
     [
-        ("parquet", "within_sequence", False),
-        ("pt", "between_sequence", False),
-        ("csv", "between_sequence", True),
+        ("parquet", "within_sequence", False, False),
+        ("pt", "between_sequence", False, False),
+        ("csv", "between_sequence", True, False),
+        ("parquet", "within_sequence", False, True),
     ],
 )
-def test_outputs_do_not_depend_on_cores_or_parts(project, fmt, method, string_ids):
+def test_outputs_do_not_depend_on_cores_or_parts(project, fmt, method, string_ids, fit_on_all_splits):
     table = sequences_table(n_sequences=80)
     if string_ids:
         table["sequenceId"] = "séquence-" + table.sequenceId.astype(str)
     project.write_data(table)
     options = {"write_format": fmt, "split_method": method, "batches_per_file": 50}
+    options["fit_on_all_splits"] = fit_on_all_splits
     project.preprocess(n_cores=1, n_partitions=1, **options)
     reference, metadata = _output_bytes(project), project.metadata()
     project.preprocess(n_cores=2, n_partitions=7, **options)
@@ -173,7 +173,8 @@ def test_csv_output_and_folder_of_shards(project):
     shards = sorted((project.root / "data" / "table-split1").glob("part-*.parquet"))
     folder = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
     assert len(folder) == len(csv) and folder.sequenceId.tolist() == csv.sequenceId.tolist()
-    np.testing.assert_allclose(folder.iloc[:, 4:].to_numpy(float), csv.iloc[:, 4:].to_numpy(float), atol=1e-6)
+    np.testing.assert_allclose(folder.iloc[:, 5:].to_numpy(float), csv.iloc[:, 5:].to_numpy(float), atol=1e-6)
+    assert folder.contextSlots.tolist() == csv.contextSlots.tolist()
 
 
 def test_parquet_folder_input_and_process_by_file(project):
@@ -213,8 +214,8 @@ def test_precomputed_id_map_is_used_and_unseen_values_get_other(project, caplog)
     metadata = project.preprocess(use_precomputed_maps=["item"])
     assert metadata["id_maps"]["item"] == {"v0": 10, "v1": 11, "v2": 12}
     assert metadata["n_classes"]["item"] == 13
-    assert "3 distinct values of column 'item'" in caplog.text
-    ids = set(project.split(0).query("inputCol == 'item'").iloc[:, 4:].to_numpy().ravel())
+    assert "column 'item': 3 distinct values are not in the precomputed map" in caplog.text
+    ids = set(project.split(0).query("inputCol == 'item'").iloc[:, 5:].to_numpy().ravel())
     assert ids <= {0, 1, 10, 11, 12} and 1 in ids
 
 

@@ -91,7 +91,12 @@ def test_window_properties(mode, method):
 def test_slots_keep_sequences_apart():
     values = np.append(np.arange(100, 110), 0)
     starts = np.array([0, 3, 10])  # sequences of 3 and 7 items
-    w = Windows(sequence=np.array([0, 1, 1]), subsequence=np.array([0, 0, 1]), offset=np.array([-1, 0, 3]))
+    w = Windows(
+        sequence=np.array([0, 1, 1]),
+        subsequence=np.array([0, 0, 1]),
+        offset=np.array([-1, 0, 3]),
+        context=np.array([1, 0, 0]),
+    )
     assert values[slot_rows(starts, w, 3, padding_row=10)].T.tolist() == [
         [0, 100, 101, 102],
         [103, 104, 105, 106],

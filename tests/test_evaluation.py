@@ -1,0 +1,153 @@
+"""Honest evaluation: a validation figure covers only the items of the validation split, whatever
+the format, stride, reading (in memory or streamed) and window length; epoch 0, baselines and
+accuracy against hand computations."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import items_of_splits, sequences_table
+from losses_by_hand import counted, losses_by_hand, read_windows
+
+from sequifier import config
+from sequifier.export import load_bundle
+from sequifier.model import ModelArgs, Transformer
+from sequifier.objective import target_mask
+from sequifier.train import run
+
+W, RATIOS = 6, [0.6, 0.2, 0.2]
+
+
+def test_target_mask_leaves_out_padding_context_and_early_positions():
+    split_start = torch.tensor([0, 2, 5, 6])  # slots before it: padding or items of earlier splits
+    mask = target_mask(split_start, seq_length=6, prediction_length=6)  # targets are slots 1..6
+    assert mask.int().tolist() == [
+        [1, 1, 1, 1, 1, 1],
+        [0, 1, 1, 1, 1, 1],
+        [0, 0, 0, 0, 1, 1],
+        [0, 0, 0, 0, 0, 1],
+    ]
+    mask = target_mask(split_start, seq_length=6, prediction_length=2)  # slots 5 and 6
+    assert mask.int().tolist() == [[1, 1], [1, 1], [1, 1], [0, 1]]
+
+
+def read_metrics(project, name) -> list:
+    with open(project.root / "logs" / f"sequifier-{name}-metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+def train(project, name, **overrides) -> dict:
+    values = {
+        "project_root": str(project.root),
+        "model_name": name,
+        "metadata_config_path": "configs/metadata_configs/table.json",
+        "target_columns": ["item", "price"],
+        "export_onnx": False,
+        "wandb": {"mode": "disabled"},
+        "model_spec": {"dim_model": 16, "n_head": 2, "dim_feedforward": 16, "num_layers": 1},
+        "training_spec": {"epochs": 1, "batch_size": 16, "learning_rate": 0.01, "log_interval": 7},
+    }
+    loaded = config.resolve("train", values, "test config", overrides)
+    return run(loaded)
+
+
+def assert_matches(row: dict, by_hand: dict, targets=("item", "price")) -> None:
+    assert float(row["validation_loss"]) == pytest.approx(by_hand["total"], rel=1e-5)
+    for name in targets:
+        assert float(row[f"validation_loss_{name}"]) == pytest.approx(by_hand[name], rel=1e-5)
+    assert float(row["validation_accuracy_item"]) == pytest.approx(by_hand["accuracy_item"], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "fmt, merged, in_ram, strides, seq_length",
+    [
+        ("parquet", True, True, [1, 1, 1], None),
+        ("parquet", False, False, [2, 3, 3], None),
+        ("csv", True, True, [3, 2, 1], None),
+        ("pt", False, False, [1, 2, 2], None),
+        ("parquet", True, True, [1, 1, 1], 4),  # a shorter seq_length than the windows'
+    ],
+)
+def test_validation_loss_counts_only_validation_items(project, fmt, merged, in_ram, strides, seq_length):
+    table = sequences_table(n_sequences=30, min_length=5, max_length=30)
+    project.write_data(table)
+    metadata = project.preprocess(
+        seq_length=W, split_ratios=RATIOS, stride_by_split=strides, write_format=fmt, merge_output=merged,
+        batches_per_file=40,
+    )  # fmt: skip
+    result = train(
+        project, "honest", seq_length=seq_length, **{"training_spec.load_full_data_to_ram": in_ram}
+    )
+    rows = read_metrics(project, "honest")
+    model, bundle = load_bundle(project.root / "models" / "sequifier-honest-last-1.pt")
+    validation = read_windows(project.root / metadata["split_paths"][1], fmt, W)
+    items = items_of_splits(table, RATIOS)
+    by_hand = losses_by_hand(model, bundle, validation, items[1])
+    epochs = [r for r in rows if r["kind"] == "epoch"]
+    assert [int(r["epoch"]) for r in epochs] == [0, 1]
+    assert_matches(epochs[-1], by_hand)
+    assert result["best_loss"] == pytest.approx(by_hand["total"], rel=1e-5)
+
+    # epoch 0: the untrained model, built as training builds it
+    torch.manual_seed(bundle["config"]["seed"])
+    untrained = Transformer(ModelArgs.from_dict(bundle["model_args"])).eval()
+    assert_matches(epochs[0], losses_by_hand(untrained, bundle, validation, items[1]))
+
+    # the test can tell: counting every slot of the windows gives another figure
+    every = {(s, p) for s, p in zip(table.sequenceId, table.itemPosition)}
+    assert losses_by_hand(model, bundle, validation, every)["targets"] > by_hand["targets"]
+    assert losses_by_hand(model, bundle, validation, every)["total"] != pytest.approx(
+        by_hand["total"], rel=1e-3
+    )
+
+
+def test_baselines_and_their_rows(project):
+    table = sequences_table(n_sequences=30, min_length=5, max_length=30)
+    project.write_data(table)
+    metadata = project.preprocess(seq_length=W, split_ratios=RATIOS, stride_by_split=[1, 2, 2])
+    train(project, "baselines", **{"training_spec.loss_weights": {"item": 2.0, "price": 1.0}})
+    rows = {r["kind"]: r for r in read_metrics(project, "baselines") if r["kind"].startswith("baseline")}
+    assert set(rows) == {"baseline_last_value", "baseline_training_prior", "baseline_best"}
+
+    items = items_of_splits(table, RATIOS)
+    windows = read_windows(project.root / metadata["split_paths"][1], "parquet", W)
+    values = windows["values"]
+    mask = counted(windows, items[1], W)
+    target_item, last_item = values["item"][:, 1:], values["item"][:, :-1]
+    target_price, last_price = values["price"][:, 1:], values["price"][:, :-1]
+    train_items = table[[key in items[0] for key in zip(table.sequenceId, table.itemPosition)]]
+    counts = np.zeros(metadata["n_classes"]["item"])
+    for value, n in train_items.item.value_counts().items():
+        counts[metadata["id_maps"]["item"][value]] = n
+    possible = np.zeros_like(counts)
+    possible[[1, *metadata["id_maps"]["item"].values()]] = 1
+    prior = (counts + 1) * possible / ((counts + 1) * possible).sum()
+    cross_entropy = -np.log(prior[target_item.astype(int)[mask]]).mean()
+    mode = int(np.argmax(counts))
+    last_accuracy = (target_item == last_item)[mask].mean()
+    last_mse = ((target_price - last_price) ** 2)[mask].mean()
+    mean_mse = (target_price**2)[mask].mean()  # the training mean is 0 after normalization
+
+    prior_row, last_row, best = (
+        rows["baseline_training_prior"],
+        rows["baseline_last_value"],
+        rows["baseline_best"],
+    )
+    assert float(prior_row["validation_loss_item"]) == pytest.approx(cross_entropy, rel=1e-5)
+    assert float(prior_row["validation_accuracy_item"]) == pytest.approx((target_item == mode)[mask].mean())
+    assert float(prior_row["validation_loss_price"]) == pytest.approx(mean_mse, rel=1e-5)
+    assert float(prior_row["validation_loss"]) == pytest.approx(2 * cross_entropy + mean_mse, rel=1e-5)
+    assert math.isnan(float(last_row["validation_loss_item"])) and math.isnan(
+        float(last_row["validation_loss"])
+    )
+    assert float(last_row["validation_accuracy_item"]) == pytest.approx(last_accuracy)
+    assert float(last_row["validation_loss_price"]) == pytest.approx(last_mse, rel=1e-5)
+    assert float(best["validation_loss_price"]) == pytest.approx(min(last_mse, mean_mse), rel=1e-5)
+    assert float(best["validation_accuracy_item"]) == pytest.approx(
+        max(last_accuracy, (target_item == mode)[mask].mean())
+    )
+    assert float(best["validation_loss"]) == pytest.approx(
+        2 * cross_entropy + min(last_mse, mean_mse), rel=1e-5
+    )
