@@ -2,8 +2,9 @@
 
 A checkpoint holds the model, optimizer, scheduler and gradient-scaler states, the random
 states, the position in training (epochs done, batches done in the next epoch), the best model
-so far and the metrics rows written until then. Files are written atomically; the newest one
-is found by its name.
+so far and the metrics rows written until then: tensors and plain data only, so a checkpoint is
+read with torch.load(weights_only=True) and never runs code. Files are written atomically and
+durably; the newest one is found by its name.
 """
 
 import random
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from sequifier.errors import DataError
-from sequifier.files import atomic_path
+from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain
 
 FORMAT = "sequifier-checkpoint/1"
 NAME = re.compile(r"sequifier-(?P<model>.+)-epoch-(?P<epoch>\d+)(?:-batch-(?P<batch>\d+))?\.pt$")
@@ -69,12 +70,22 @@ def latest(folder: Path, model_name: str) -> Path | None:
     return max(found)[2] if found else None
 
 
-def remove_partial(folder: Path, model_name: str) -> None:
-    """Remove the checkpoints written within an epoch (on Ctrl-C)."""
+def partial_checkpoints(folder: Path, model_name: str) -> list:
+    """The checkpoints written within an epoch (on Ctrl-C or every so many batches)."""
+    found = []
     for path in folder.glob(f"sequifier-{model_name}-epoch-*-batch-*.pt") if folder.is_dir() else []:
         match = NAME.match(path.name)
         if match and match["model"] == model_name:
-            path.unlink()
+            found.append(path)
+    return sorted(found)
+
+
+def remove_partial(folder: Path, model_name: str, keep=()) -> None:
+    """Remove the checkpoints written within an epoch, but those in `keep`."""
+    kept = {Path(path) for path in keep}
+    for path in partial_checkpoints(folder, model_name):
+        if path not in kept:
+            remove(path)
 
 
 @contextmanager
@@ -95,7 +106,19 @@ def uninterrupted():
 
 
 def random_states() -> dict:
-    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """The random states as tensors and plain data (numpy's as its parts, its key as a tensor)."""
+    kind, key, position, has_gauss, cached = np.random.get_state()
+    states = {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(np.asarray(key, dtype=np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached),
+        },
+        "python": random.getstate(),
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -103,26 +126,46 @@ def random_states() -> dict:
 
 def restore_random_states(states: dict) -> None:
     torch.set_rng_state(states["torch"])
-    np.random.set_state(states["numpy"])
+    saved = states["numpy"]
+    key = saved["key"].numpy().astype(np.uint32)
+    np.random.set_state((saved["kind"], key, saved["position"], saved["has_gauss"], saved["cached_gaussian"]))
     random.setstate(states["python"])
     if "cuda" in states and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def save(path: Path, state: dict) -> None:
+def save(path: Path, state: dict, supersedes_partial: bool = False) -> None:
+    """Write a checkpoint atomically. With `supersedes_partial` (an epoch's end), the checkpoints
+    written within epochs of the same model are removed, after this one is on disk, so an
+    interruption at any point leaves a checkpoint to resume from."""
+    path = Path(path)
     with atomic_path(path) as tmp:
         torch.save({"format": FORMAT, **state, "random": random_states()}, tmp)
+    if supersedes_partial:
+        match = NAME.match(path.name)
+        if match is None:
+            raise ValueError(f"{path} is not named like a checkpoint (checkpoint_file)")
+        remove_partial(path.parent, match["model"], keep=[path])
 
 
 def load(path: Path) -> dict:
-    """Read a checkpoint; a damaged or foreign file is an error that says what to do."""
+    """Read a checkpoint safely (tensors and plain data only); a damaged or foreign file, or one
+    holding other objects, is an error that says what to do."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # any unpickling failure means the file is unusable
+        state = torch_load_plain(path)
+    except UnsafeFileError as error:
+        raise DataError(
+            f"{path}: cannot resume from this checkpoint, it holds objects other than tensors and plain "
+            f"data ({', '.join(error.names)}); it is not loaded, since unpickling them could run code "
+            "(sequifier writes checkpoints of tensors, numbers, strings, lists and dicts only); delete "
+            "it to resume from an earlier one, or set training_spec.continue_training: false"
+        ) from None
+    except Exception as error:  # any other failure means the file is unusable
+        text = str(error).strip()
         raise DataError(
             f"{path}: cannot resume from this checkpoint, the file is damaged ({type(error).__name__}: "
-            f"{str(error)[:200]}); delete it to resume from an earlier one, or set "
-            "training_spec.continue_training: false"
+            f"{(text.splitlines()[0] if text else '')[:200]}); delete it to resume from an earlier one, or "
+            "set training_spec.continue_training: false"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise DataError(f"{path}: not a sequifier checkpoint (expected format {FORMAT})")

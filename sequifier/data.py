@@ -4,9 +4,10 @@ A batch is a dict of one tensor per column, [windows, seq_length + 1] (categoric
 int32, real values as float32), plus `n_pad`, the number of leading padding slots of each
 window, and `n_context`, the number of leading slots that are padding or items of earlier splits
 (the file's contextSlots, less the slots cut off by a shorter seq_length): only the slots from
-there on are targets of the window's own split. In memory, batches are slices of contiguous tensors taken by index; streamed, windows
-pass through a bounded shuffle buffer, one file (or row group) at a time. Under DDP each rank
-takes its own share of every epoch's windows, and every rank gets the same number of batches.
+there on are targets of the window's own split. In memory, batches are slices of contiguous
+tensors taken by index; streamed, windows pass through a bounded shuffle buffer, one file (or
+row group) at a time. Under DDP each rank takes its own share of every epoch's windows, and
+every rank gets the same number of batches.
 """
 
 import logging

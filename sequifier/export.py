@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sequifier.errors import DataError
-from sequifier.files import atomic_path
+from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain
 from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 log = logging.getLogger(__name__)
@@ -41,27 +41,80 @@ def describe(model: Transformer, kind: str, epoch: int, config: dict, metadata: 
 
 
 def write_bundle(path: Path, model: Transformer, description: dict):
-    bundle = {**description, "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+    """Save a bundle of tensors and plain data only (dicts, lists, str, numbers), so that it loads
+    with torch.load(weights_only=True)."""
+    weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    bundle = {**_plain(description), "state_dict": weights}
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
 
 
-def load_bundle(path) -> tuple:
-    """(model in eval mode, bundle) from a pt bundle; a missing or damaged file is a clear error."""
+def _plain(value):
+    """`value` as tensors and plain data: dicts, lists, tuples, str, numbers, bools and None
+    (numpy scalars become numbers, anything else its text)."""
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+        return value
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # a numpy scalar
+        return value.item()
+    return str(value)
+
+
+def read_bundle(path) -> dict:
+    """The contents of a pt bundle (description and state_dict), loaded safely without building the
+    model: only tensors and plain data are read (torch.load with weights_only=True), never objects
+    whose unpickling could run code. A missing, damaged or foreign file is a clear DataError."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: model file not found")
     try:
-        bundle = torch.load(path, map_location="cpu", weights_only=False)
+        bundle = torch_load_plain(path)
+    except UnsafeFileError as error:
+        raise DataError(
+            f"{path}: this model file holds objects other than tensors and plain data "
+            f"({', '.join(error.names)}); it is not loaded, since unpickling them could run code. "
+            "A sequifier model bundle holds only weights, numbers, strings, lists and dicts; "
+            "export the model again with sequifier train"
+        ) from None
     except Exception as error:
         raise DataError(
-            f"{path}: cannot read this model file ({type(error).__name__}: {str(error)[:200]})"
+            f"{path}: cannot read this model file ({type(error).__name__}: {_first_line(error)})"
         ) from None
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise DataError(f"{path}: not a sequifier model bundle (expected format {FORMAT})")
+    return bundle
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else "")[:200]
+
+
+def load_bundle(path) -> tuple:
+    """(model in eval mode, bundle) from a pt bundle, read safely (read_bundle); a missing or
+    damaged file is a clear error."""
+    bundle = read_bundle(path)
     model = Transformer(ModelArgs.from_dict(bundle["model_args"]))
     model.load_state_dict(bundle["state_dict"])
     return model.train(bundle["with_dropout"]), bundle
+
+
+def find_export(models: Path, name: str, label: str = "best", embedding: bool = False, suffix: str = "pt"):
+    """The exported model sequifier-{name}-{label}[-embedding]-{epoch}.{suffix} in `models`, or None.
+
+    Normally there is one. After a training interrupted between writing its exports and removing
+    those of an earlier run, there are two: the newest file is taken (then the highest epoch)."""
+    kind = "-embedding" if embedding else ""
+    pattern = re.compile(rf"sequifier-{re.escape(name)}-{label}{kind}-(\d+)\.{suffix}$")
+    found = [
+        (path.stat().st_mtime_ns, int(match.group(1)), path)
+        for path in (Path(models).glob(f"sequifier-{name}-*.{suffix}") if Path(models).is_dir() else [])
+        if (match := pattern.match(path.name))
+    ]
+    return max(found)[2] if found else None
 
 
 def export_head(model: Transformer, kind: str) -> torch.nn.Module:
@@ -133,16 +186,23 @@ def read_onnx_description(path: Path, proto) -> dict:
     return description
 
 
+def exported_files(models: Path, name: str) -> list:
+    """The exports of model `name` in `models`: its best and last models, pt and ONNX, generative
+    and embedding."""
+    exported = re.compile(rf"sequifier-{re.escape(name)}-(best|last)(-embedding)?-\d+\.(pt|onnx)$")
+    if not Path(models).is_dir():
+        return []
+    return sorted(path for path in Path(models).glob(f"sequifier-{name}-*") if exported.match(path.name))
+
+
 def export_run(plan, last: Transformer, best_state: dict | None, best_epoch: int, last_epoch: int) -> list:
     """Write the best and last models of a training run as its config asks; returns the files.
 
-    The exports of an earlier run of the same model name are removed first, so the models folder
-    holds one best and one last model per name."""
+    The exports of an earlier run of the same model name are removed after the new ones are
+    written (each atomically), so the models folder holds one best and one last model per name
+    and an interruption at any point leaves a complete model behind."""
     config, written = plan.config, []
-    exported = re.compile(rf"sequifier-{re.escape(plan.name)}-(best|last)(-embedding)?-\d+\.(pt|onnx)$")
-    for stale in plan.models.glob(f"sequifier-{plan.name}-*"):
-        if exported.match(stale.name):
-            stale.unlink()
+    earlier = exported_files(plan.models, plan.name)
     last = copy.deepcopy(last).cpu()
     best = copy.deepcopy(last)
     if best_state is None:
@@ -162,4 +222,7 @@ def export_run(plan, last: Transformer, best_state: dict | None, best_epoch: int
                 else:
                     write_onnx(path, model, description)
                 written.append(path)
+    for stale in earlier:
+        if stale not in written:
+            remove(stale)
     return written

@@ -1,4 +1,10 @@
-"""Atomic writes: an interrupted run never leaves a file that looks complete."""
+"""Atomic, durable writes: an interrupted run (or a power cut) never leaves a file that looks complete.
+
+A file or folder is written under a temporary name next to its target, flushed to disk (fsync of
+every file written), renamed onto the target, and then the rename itself is flushed (fsync of the
+parent folder). Where the operating system refuses an fsync (some file systems, folders on
+Windows) the write goes on without it.
+"""
 
 import json
 import os
@@ -8,13 +14,67 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def _temporary_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+def _temporary_sibling(path: Path, kind: str = "tmp") -> Path:
+    return path.with_name(f".{path.name}.{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    """Flush one file's (or folder's entries') data to disk; best effort."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if directory else os.O_RDONLY
+    try:
+        descriptor = os.open(path, flags)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:  # not supported here (a folder on some systems, a pipe)
+        pass
+    finally:
+        os.close(descriptor)
+
+
+def sync_tree(path) -> None:
+    """fsync a file, or every file and folder inside a folder (and the folder itself)."""
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return
+    if not path.is_dir():
+        _fsync(path)
+        return
+    for folder, _, names in os.walk(path):
+        for name in names:
+            file = Path(folder) / name
+            if not file.is_symlink():
+                _fsync(file)
+        _fsync(Path(folder), directory=True)
+
+
+def sync_parent(path) -> None:
+    """fsync the folder holding `path`, so a rename or removal in it is on disk."""
+    _fsync(Path(path).absolute().parent, directory=True)
+
+
+def _replace(source: Path, target: Path) -> None:
+    """Rename `source` onto `target`; a folder already at `target` is moved aside first and removed
+    only after the rename, so there is never a moment without either."""
+    old = None
+    if target.is_dir() and not target.is_symlink():
+        old = _temporary_sibling(target, "old")
+        os.replace(target, old)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)  # put the old one back
+        raise
+    sync_parent(target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager
 def atomic_path(path):
-    """Yield a temporary path next to `path`; rename it onto `path` on success.
+    """Yield a temporary path next to `path`; on success flush it to disk and rename it onto `path`.
 
     Works for files and folders. On error the temporary is removed and `path` is untouched.
     """
@@ -23,13 +83,12 @@ def atomic_path(path):
     tmp = _temporary_sibling(path)
     try:
         yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        sync_tree(tmp)
+        _replace(tmp, path)
     finally:
-        if tmp.is_dir():
+        if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
-        elif tmp.exists():
+        elif tmp.exists() or tmp.is_symlink():
             tmp.unlink()
 
 
@@ -42,15 +101,74 @@ def read_json(path):
     return json.loads(Path(path).read_text())
 
 
+def remove(path) -> None:
+    """Remove a file (if it is there) and flush the removal to disk."""
+    path = Path(path)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return
+    sync_parent(path)
+
+
 def publish(source, target) -> None:
-    """Move a finished file or folder onto `target`, replacing what was there."""
+    """Move a finished file or folder onto `target`, replacing what was there; durable like atomic_path."""
     source, target = Path(source), Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
+    sync_tree(source)
     try:
-        os.replace(source, target)
+        _replace(source, target)
     except OSError:  # another file system: copy next to the target, then rename
+        if not source.exists():
+            raise
         with atomic_path(target) as tmp:
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp)
         shutil.rmtree(source) if source.is_dir() else source.unlink()
+        sync_parent(source)
+
+
+class UnsafeFileError(Exception):
+    """A torch file that holds objects other than tensors and plain data; `names` lists their types."""
+
+    def __init__(self, names: list):
+        super().__init__(", ".join(names))
+        self.names = names
+
+
+def torch_load_plain(path):
+    """torch.load with weights_only=True: tensors, dicts, lists, tuples, sets, str, numbers, None.
+
+    A file that holds other objects raises UnsafeFileError (their types, as far as torch can tell
+    without unpickling them); it is never unpickled, since that could run code. Any other failure
+    (a damaged file, not a torch file) is raised as it comes.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        names = _unsafe_globals(path)
+        if names or "Unsupported global" in str(error):
+            raise UnsafeFileError(names or [_named_global(str(error))]) from None
+        # torch's own message suggests weights_only=False, which would be unsafe advice here
+        raise pickle.UnpicklingError("damaged, or not written by torch.save") from None
+
+
+def _unsafe_globals(path) -> list:
+    import torch
+
+    scan = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.6
+    if scan is None:
+        return []
+    try:
+        return sorted(scan(path))
+    except Exception:  # not a zip file: damaged, or of the legacy format
+        return []
+
+
+def _named_global(message: str) -> str:
+    marker = "Unsupported global: GLOBAL "
+    start = message.find(marker)
+    return message[start + len(marker) :].split()[0] if start >= 0 else "unknown objects"

@@ -14,6 +14,7 @@ from pathlib import Path
 from sequifier import config as stage_config
 from sequifier.data import WindowSource
 from sequifier.errors import ConfigError
+from sequifier.export import find_export
 from sequifier.metadata import load_metadata
 
 EXPORT_NAME = re.compile(r"^(?P<base>.+?)(?P<embedding>-embedding)?-\d+$")
@@ -50,15 +51,15 @@ class ModelSetup:
 def _default_model(config: dict, source: str, root: Path) -> Path:
     train = stage_config.load_linked("train", root, config, "train_config_path", source, "model_path")
     models, name = root / train["project_root"] / train["models_path"], train["model_name"]
-    label = "best-embedding" if config["model_type"] == "embedding" else "best"
-    pattern = re.compile(rf"sequifier-{re.escape(name)}-{label}-(\d+)\.pt$")
-    found = sorted((int(m.group(1)), p) for p in models.glob("*.pt") if (m := pattern.match(p.name)))
-    if not found:
+    embedding = config["model_type"] == "embedding"
+    found = find_export(models, name, "best", embedding, "pt")
+    if found is None:
+        label = "best-embedding" if embedding else "best"
         raise ConfigError(
             f"{source}: model_path is null and {models} holds no sequifier-{name}-{label}-EPOCH.pt (the "
             "train config's best model); train first, or set model_path"
         )
-    return found[-1][1]
+    return found
 
 
 def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
@@ -125,14 +126,14 @@ def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
         if name not in kinds:
             plan.fail(f"target_columns: '{name}' is not a target of the model ({', '.join(kinds)})")
     categorical = [name for name in targets if kinds[name] == "categorical"]
-    probabilities = categorical if config["output_probabilities"] else []
-    if config["output_probabilities"]:
-        real = [name for name in targets if kinds[name] == "real"]
-        if config["target_columns"] and real or not categorical:
-            plan.fail(
-                f"output_probabilities: true, but target '{(real or targets)[0]}' is real and has no "
-                "probabilities; list categorical target_columns only, or set output_probabilities: false"
-            )
+    probabilities = categorical if config["output_probabilities"] else []  # real targets have none
+    if config["output_probabilities"] and not categorical:
+        plan.fail(
+            f"output_probabilities: true, but the targets written ({', '.join(targets)}) are all real "
+            "and have no probabilities; write a categorical target "
+            f"({', '.join(n for n, k in kinds.items() if k == 'categorical') or 'the model has none'}), "
+            "or set output_probabilities: false"
+        )
     sampled = config["sample_from_distribution_columns"] or []
     for name in sampled:
         if name not in categorical:

@@ -12,19 +12,19 @@ from pathlib import Path
 from sequifier.files import atomic_path
 
 FIXED = [
-    "rank", "run", "status", "best_validation_loss", "baseline_loss", "best_epoch", "epochs", "wall_s", "parameters"
+    "rank", "run", "status", "best_validation_loss", "baseline_loss",
+    "best_epoch", "epochs", "wall_s", "parameters",
 ]  # fmt: skip
 
 
 def parameter_count(models: Path, name: str) -> int | None:
-    """Weights of the run's best exported model (pt bundle), or None without one."""
-    import torch
+    """Weights of the run's best exported model (pt bundle, read safely), or None without one."""
+    from sequifier.export import find_export, read_bundle
 
-    found = sorted(models.glob(f"sequifier-{name}-best-[0-9]*.pt"))
-    if not found:
+    path = find_export(models, name)
+    if path is None:
         return None
-    bundle = torch.load(found[-1], map_location="cpu", weights_only=True)
-    return sum(tensor.numel() for tensor in bundle["state_dict"].values())
+    return sum(tensor.numel() for tensor in read_bundle(path)["state_dict"].values())
 
 
 def metric_rows(metrics_path: Path, kind: str = "epoch") -> list[dict]:

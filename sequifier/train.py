@@ -127,8 +127,6 @@ class Trainer:
             return
         p = self.progress
         path = checkpoint.checkpoint_file(self.plan.checkpoints, self.plan.name, p.epoch, p.batches_done)
-        if p.batches_done == 0:  # an epoch's end: the checkpoints from within epochs are superseded
-            checkpoint.remove_partial(self.plan.checkpoints, self.plan.name)
         checkpoint.save(
             path,
             {
@@ -143,6 +141,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict(),
                 "progress": vars(p),
             },
+            supersedes_partial=p.batches_done == 0,  # an epoch's end: the checkpoints within it go, after
         )
 
     # -- one batch, one epoch, validation ---------------------------------------------------------

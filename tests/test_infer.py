@@ -107,6 +107,37 @@ def test_probabilities_sum_to_one_and_their_argmax_is_the_prediction(trained):
     assert (probabilities.itemPosition == predictions.itemPosition).all()
 
 
+@pytest.mark.parametrize("suffix", ["pt", "onnx"])
+def test_mixed_targets_give_probabilities_for_the_categorical_one_only(trained, suffix):
+    """A categorical and a real target listed: predictions of both, probabilities of the categorical."""
+    output = f"out-mixed-{suffix}"
+    written = infer(
+        trained,
+        output,
+        model_path=model_file(trained, suffix),
+        target_columns=["price", "itemId"],
+        output_probabilities=True,
+    )
+    assert sorted(p.relative_to(trained / output).as_posix() for p in (trained / output).rglob("*.csv")) == [
+        "predictions/sequifier-default-best-predictions.csv",
+        "probabilities/sequifier-default-best-itemId-probabilities.csv",
+    ]
+    assert len(next(iter(written.values()))) == 2
+    predictions = pd.read_csv(trained / output / "predictions/sequifier-default-best-predictions.csv")
+    assert list(predictions.columns) == ["sequenceId", "itemPosition", "price", "itemId"]
+    items, prices = by_hand(trained)
+    assert list(predictions.itemId) == items
+    np.testing.assert_allclose(predictions.price, prices, rtol=1e-4)
+    probabilities = pd.read_csv(
+        trained / output / "probabilities/sequifier-default-best-itemId-probabilities.csv"
+    )
+    assert list(probabilities.columns) == ["sequenceId", "itemPosition", *sorted(EXAMPLE_STATES)]
+    assert len(probabilities) == len(predictions) == 454
+    classes = probabilities[sorted(EXAMPLE_STATES)]
+    np.testing.assert_allclose(classes.sum(axis=1), 1.0, atol=1e-6)
+    assert list(classes.idxmax(axis=1)) == items
+
+
 def test_pt_and_onnx_give_the_same_predictions_and_embeddings(trained):
     infer(trained, "out-a", model_path=model_file(trained, "pt"))
     infer(trained, "out-b", model_path=model_file(trained, "onnx"))
@@ -212,7 +243,7 @@ def check_seeded_dropout(project, model: str, rtol: float) -> None:
 
 
 def test_monte_carlo_dropout_is_seeded(trained):
-    bundle = torch.load(trained / model_file(trained), weights_only=False)
+    bundle = torch.load(trained / model_file(trained), weights_only=True)  # tensors and plain data
     bundle["model_args"]["dropout"] = 0.3
     torch.save(bundle, trained / "models" / "sequifier-dropout-best-1.pt")
     check_seeded_dropout(trained, "models/sequifier-dropout-best-1.pt", rtol=1e-5)

@@ -1,6 +1,8 @@
 """Bad infer configs, models and data: one clear error naming the key or file, the value and what
 is expected; no output written, not even in part."""
 
+import pathlib
+
 import onnx
 import pytest
 import torch
@@ -46,6 +48,14 @@ def no_models(project):
     return {"train_config_path": "configs/empty.yaml"}
 
 
+def bundle_with_an_object(project):
+    """A bundle of the right format with a Python object (a path) inside: loading it needs pickle."""
+    bundle = torch.load(project / model_file(project), weights_only=True)
+    bundle["config"]["models_path"] = pathlib.Path("models")
+    torch.save(bundle, project / "models" / "sequifier-odd-best-1.pt")
+    return {"model_path": "models/sequifier-odd-best-1.pt"}
+
+
 def onnx_model(project):
     return {"model_path": model_file(project, "onnx")}
 
@@ -70,17 +80,24 @@ CASES = {
         windows_of_other_columns,
         ["windows hold the columns ['itemId'], but the metadata lists ['itemId', 'price']"],
     ),
-    "probabilities of a real target (ONNX)": (
-        lambda project: {
-            **onnx_model(project),
-            "target_columns": ["itemId", "price"],
-            "output_probabilities": True,
-        },
-        ["output_probabilities: true, but target 'price' is real and has no probabilities"],
-    ),
     "probabilities without a categorical target": (
         {"target_columns": ["price"], "output_probabilities": True},
-        ["output_probabilities: true, but target 'price' is real"],
+        [
+            "infer config: output_probabilities: true, but the targets written (price) are all real and "
+            "have no probabilities; write a categorical target (itemId), or set output_probabilities: false"
+        ],
+    ),
+    "probabilities without a categorical target (ONNX)": (
+        lambda project: {**onnx_model(project), "target_columns": ["price"], "output_probabilities": True},
+        ["output_probabilities: true, but the targets written (price) are all real"],
+    ),
+    "pt file holding other objects than tensors": (
+        bundle_with_an_object,
+        [
+            "models/sequifier-odd-best-1.pt: this model file holds objects other than tensors and plain "
+            "data (pathlib.",
+            "it is not loaded, since unpickling them could run code",
+        ],
     ),
     "a target the model does not have": (
         {"target_columns": ["cost"]},

@@ -103,11 +103,19 @@ def test_the_leaderboard_ranks_the_runs_by_their_metrics(searched):
     assert [row["rank"] for row in done] == ["1", "2", "3"]
     losses = [float(row["best_validation_loss"]) for row in done]
     assert losses == sorted(losses)
+    assert list(rows[0])[3:5] == ["best_validation_loss", "baseline_loss"]  # side by side
     for row in done:
         with open(project / f"logs/sequifier-{row['run']}-metrics.csv") as handle:
-            metrics = [m for m in csv.DictReader(handle) if m["kind"] == "epoch"]
-        assert float(row["best_validation_loss"]) == min(float(m["validation_loss"]) for m in metrics)
-        assert float(row["best_validation_loss_itemId"]) == float(metrics[0]["validation_loss_itemId"])
+            found = list(csv.DictReader(handle))
+        metrics = [m for m in found if m["kind"] == "epoch" and m["epoch"] != "0"]  # trained epochs
+        (baseline,) = [m for m in found if m["kind"] == "baseline_best"]
+        best = min(metrics, key=lambda m: float(m["validation_loss"]))
+        assert float(row["best_validation_loss"]) == float(best["validation_loss"])
+        assert float(row["best_validation_loss_itemId"]) == float(best["validation_loss_itemId"])
+        assert float(row["best_validation_accuracy_itemId"]) == float(best["validation_accuracy_itemId"])
+        assert float(row["baseline_loss"]) == float(baseline["validation_loss"])
+        assert float(row["baseline_loss_itemId"]) == float(baseline["validation_loss_itemId"])
+        assert float(row["baseline_accuracy_itemId"]) == float(baseline["validation_accuracy_itemId"])
         assert row["model_spec.dim_model"] in row["run"] and int(row["parameters"]) > 1000
     small, large = (int(r["parameters"]) for r in sorted(done, key=lambda r: r["run"])[::2])
     assert small < large
@@ -143,8 +151,11 @@ def test_a_run_without_a_finite_loss_is_ranked_after_the_finished_ones(tmp_path)
     from sequifier import leaderboard
 
     header = "epoch,batch,kind,train_loss,validation_loss,validation_loss_x,elapsed_s\n"
-    (tmp_path / "good.csv").write_text(header + "1,0,epoch,2.0,1.5,1.5,3.0\n2,0,epoch,1.0,1.2,1.2,6.0\n")
-    (tmp_path / "nan.csv").write_text(header + "1,0,epoch,nan,nan,nan,3.0\n")
+    untrained = "0,0,epoch,nan,1.0,1.0,0.1\n"  # better than any trained epoch: never the best epoch
+    (tmp_path / "good.csv").write_text(
+        header + untrained + "1,0,epoch,2.0,1.5,1.5,3.0\n2,0,epoch,1.0,1.2,1.2,6.0\n"
+    )
+    (tmp_path / "nan.csv").write_text(header + untrained + "1,0,epoch,nan,nan,nan,3.0\n")
     results = [
         leaderboard.run_result("nan", tmp_path / "nan.csv", tmp_path),
         leaderboard.run_result("good", tmp_path / "good.csv", tmp_path),

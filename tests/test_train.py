@@ -80,7 +80,9 @@ def test_wandb_offline_run_holds_the_metrics_of_the_csv(made):
     assert [h["epoch"] for h in history] == [int(r["epoch"]) for r in rows]
     for h, row in zip(history, rows):
         assert h["validation/loss"] == pytest.approx(float(row["validation_loss"]), rel=1e-12)
-        assert h["train/loss_itemId"] == pytest.approx(float(row["train_loss_itemId"]), rel=1e-12, nan_ok=True)
+        assert h["train/loss_itemId"] == pytest.approx(
+            float(row["train_loss_itemId"]), rel=1e-12, nan_ok=True
+        )
         assert h["learning_rate"] == pytest.approx(float(row["learning_rate"]), rel=1e-12)
         assert h["windows_per_s"] > 0 or h["epoch"] == 0
     best = 1 + int(np.argmin([float(r["validation_loss"]) for r in rows[1:]]))
@@ -130,6 +132,9 @@ def test_same_seed_same_losses_and_resume_continues_exactly(made, monkeypatch):
     again = read_metrics_of(made, "b", settings)
     assert [[r[k] for k in LOSSES] for r in first] == [[r[k] for k in LOSSES] for r in again]
     assert len(first) == 1 + 4 + 4 * (1241 // 64 // 7)  # epoch rows (from 0) and interval rows
+    # the template's cosine (no T_max) follows this 4-epoch run: down every epoch, never to 0
+    rates = [float(r["learning_rate"]) for r in first if r["kind"] == "epoch"]
+    assert rates == sorted(rates, reverse=True) and len(set(rates)) == 4 and rates[-1] > 0
     other = read_metrics_of(made, "c", {**settings, "seed": 7})
     assert other[-1]["validation_loss"] != first[-1]["validation_loss"]
     # a run continued for more epochs is the longer run when its schedule's horizon is fixed

@@ -79,9 +79,10 @@ def job_counts(output):
     }
 
 
-def metrics(root, run=RUN.name):
+def metrics(root, run=RUN.name, baselines=False):
+    """The rows of a run's metrics CSV: the model's (from epoch 0, untrained), or also the baselines'."""
     with open(root / "results/example/runs" / run / "metrics.csv") as handle:
-        return list(csv.DictReader(handle))
+        return [row for row in csv.DictReader(handle) if baselines or not row["kind"].startswith("baseline")]
 
 
 def test_lint_is_clean(workflow):
@@ -180,7 +181,7 @@ def test_workflow_trains_a_run_per_point_of_the_grid(built, name, width):
     assert wandb == {"project": "sequifier", "group": "example", "name": name, "tags": [f"dim_model={width}"]}
     epochs = yaml.safe_load((built / "config" / "train.yaml").read_text())["training_spec"]["epochs"]
     rows = metrics(built, name)
-    assert [int(row["epoch"]) for row in rows] == list(range(1, epochs + 1))
+    assert [int(row["epoch"]) for row in rows] == list(range(0, epochs + 1))
     assert all(float(row["validation_loss"]) > 0 for row in rows)
     models = sorted(path.name for path in (run / "models").glob("sequifier-*"))
     assert models == sorted(
@@ -203,8 +204,12 @@ def test_the_leaderboard_ranks_the_runs_by_their_metrics(built):
     rows = leaderboard(built)
     assert sorted(row["run"] for row in rows) == list(RUNS) and [row["rank"] for row in rows] == ["1", "2"]
     for row in rows:
-        best = min(metrics(built, row["run"]), key=lambda m: float(m["validation_loss"]))
+        found = metrics(built, row["run"], baselines=True)
+        trained = [m for m in found if m["kind"] == "epoch" and m["epoch"] != "0"]
+        best = min(trained, key=lambda m: float(m["validation_loss"]))
+        (baseline,) = [m for m in found if m["kind"] == "baseline_best"]
         assert float(row["best_validation_loss"]) == float(best["validation_loss"])
+        assert float(row["baseline_loss"]) == float(baseline["validation_loss"]) > 0
         assert float(row["best_validation_loss_price"]) == float(best["validation_loss_price"])
         assert row["best_epoch"] == best["epoch"] and row["status"] == "done"
         assert row["model_spec.dim_model"] == row["run"].split("-")[1]
@@ -284,7 +289,7 @@ def test_changed_config_trains_afresh_and_an_interrupted_run_resumes(built, tmp_
     again = snakemake(root, "--cores", "2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in log.read_text()
-    assert [row["epoch"] for row in metrics(root)] == ["1", "2"]
+    assert [row["epoch"] for row in metrics(root)] == ["0", "1", "2"]
     assert not list((root / RUN / "models").glob("*.onnx"))
     assert not (checkpoints / "inputs.cksum").exists(), "a finished run is not resumed"
 
