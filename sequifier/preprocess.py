@@ -17,7 +17,7 @@ from concurrent.futures.process import BrokenProcessPool
 from sequifier import metadata as meta
 from sequifier import preprocess_steps as steps
 from sequifier.errors import ConfigError, DataError, ResourceError
-from sequifier.files import publish, read_json, write_json
+from sequifier.files import publish, read_json, remove, write_json
 from sequifier.preprocess_plan import Plan, make_plan
 
 logger = logging.getLogger(__name__)
@@ -161,6 +161,9 @@ def run(config: dict, source: str = "preprocess config") -> dict:
         raise
     finally:
         runner.close()
+    # The metadata is the commit point: an earlier run's goes first and this run's comes last, so
+    # windows are never read with the metadata of other windows.
+    remove(plan.metadata_path)
     for k in range(n_splits):
         publish(_merged(plan, k), plan.split_path(k))
     publish(plan.work / "metadata.json", plan.metadata_path)

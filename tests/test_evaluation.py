@@ -151,3 +151,24 @@ def test_baselines_and_their_rows(project):
     assert float(best["validation_loss"]) == pytest.approx(
         2 * cross_entropy + min(last_mse, mean_mse), rel=1e-5
     )
+
+
+def test_data_of_an_earlier_version_is_refused_with_advice(project):
+    import json
+
+    import pyarrow.parquet as pq
+
+    from sequifier.errors import DataError
+
+    project.write_data(sequences_table(n_sequences=10))
+    metadata = project.preprocess(seq_length=W, split_ratios=RATIOS)
+    validation = project.root / metadata["split_paths"][1]
+    pq.write_table(pq.read_table(validation).drop_columns(["contextSlots"]), validation)
+    with pytest.raises(DataError, match="have no contextSlots .* run `sequifier preprocess` again") as error:
+        train(project, "old")
+    assert str(validation) in str(error.value)
+
+    path = project.root / "configs" / "metadata_configs" / "table.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": "sequifier-metadata/1"}))
+    with pytest.raises(DataError, match="format sequifier-metadata/1, written by an earlier version"):
+        train(project, "old")
