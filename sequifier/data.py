@@ -369,4 +369,10 @@ def _batched(chunks, batch_size: int):
 
 
 def open_windows(source: WindowSource, in_memory: bool, buffer_size: int, readahead: int):
-    return InMemoryWindows(source) if in_memory else StreamedWindows(source, buffer_size, readahead)
+    """The windows of `source`, held in memory or streamed; an error when there are none."""
+    if in_memory:
+        return InMemoryWindows(source)
+    windows = StreamedWindows(source, buffer_size, readahead)
+    if len(windows) == 0:
+        raise DataError(f"{source.path}: holds no windows")
+    return windows

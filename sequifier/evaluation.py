@@ -48,8 +48,8 @@ def weighted_total(weights: dict, per_target: dict) -> float:
 class Evaluator:
     """Evaluates models (and the baselines) on one split of windows, in fixed order."""
 
-    def __init__(self, windows, objective: Objective, config: dict, process, device):
-        self.windows, self.objective, self.config = windows, objective, config
+    def __init__(self, windows, objective: Objective, config: dict, n_classes: dict, process, device):
+        self.windows, self.objective, self.config, self.n_classes = windows, objective, config, n_classes
         self.process, self.device = process, device
         self.targets = config["target_columns"]
         self.categorical = [n for n in self.targets if config["target_column_types"][n] == "categorical"]
@@ -76,10 +76,13 @@ class Evaluator:
             for name in counts:
                 found = torch.bincount(outputs[name][:, -1].argmax(-1), minlength=outputs[name].shape[-1])
                 counts[name] = found if counts[name] is None else counts[name] + found
-        counts = {
-            name: distributed.all_sum(self.process, found if found is not None else torch.zeros(0)).cpu()
-            for name, found in counts.items()
-        }
+        for name, found in counts.items():  # a process without validation windows adds zeros
+            found = (
+                torch.zeros(self.n_classes[name], dtype=torch.long, device=self.device)
+                if found is None
+                else found
+            )
+            counts[name] = distributed.all_sum(self.process, found).cpu()
         per_target = means(self.process, losses, self.targets, self.device)
         return {
             "loss": weighted_total(self.weights, per_target),
@@ -107,7 +110,7 @@ class Evaluator:
                     add(sums["training_prior"][0], {name: objective.summed(name, nll, target, mask)})
                     mode = int(prior[FIRST_ID:].argmax()) + FIRST_ID
                     for kind, guess in (("last_value", last.long()), ("training_prior", mode)):
-                        right = (target == guess) & mask
+                        right = (target == guess) & (guess >= FIRST_ID) & mask  # as the model's accuracy
                         add(sums[kind][1], {name: (right.sum(), mask.sum())})
                 else:
                     loss = REAL_LOSSES[objective.criteria[name]]
@@ -119,8 +122,7 @@ class Evaluator:
                         add(sums[kind][0], {name: objective.summed(name, per_item, target, mask)})
         found = {}
         for kind, (losses, right) in sums.items():
-            per_target = {n: math.nan for n in self.targets}
-            per_target.update(means(self.process, losses, sorted(losses), self.device))
+            per_target = means(self.process, losses, self.targets, self.device)  # every rank, every name
             found[kind] = {
                 "loss": weighted_total(self.weights, per_target),
                 "losses": per_target,

@@ -59,7 +59,7 @@ def run_result(name: str, metrics_path: Path, models: Path) -> dict:
     best = rows[min(range(len(rows)), key=lambda i: losses[i] if math.isfinite(losses[i]) else math.inf)]
     baselines, per_target = baseline(metrics_path), {}
     for key in (k for k in best if k.startswith("validation_loss_")):  # per target: model, then baseline
-        for figure in (key, key.replace("_loss_", "_accuracy_")):
+        for figure in (key, "validation_accuracy_" + key[len("validation_loss_") :]):
             if best.get(figure):
                 per_target[f"best_{figure}"] = float(best[figure])
                 per_target[f"baseline_{figure[len('validation_') :]}"] = baselines.get(

@@ -63,6 +63,14 @@ class DataTranslator:
                 "(id %d), e.g. %s",
                 column, len(unseen), source, OTHER_ID, ", ".join(unseen[:5]),
             )  # fmt: skip
+        other = data_metadata.get("other_values", {}).get(column)
+        if other:
+            log.warning(
+                "column '%s': %d values of %s were read as 'other' (id %d) when it was preprocessed, since "
+                "its id map holds only the values of its own training split (e.g. %s); they cannot be "
+                "translated to the model's ids. Preprocess new data with fit_on_all_splits: true",
+                column, other["values"], source, OTHER_ID, ", ".join(map(str, other["examples"])),
+            )  # fmt: skip
         self.lookups[column] = lookup
 
     def __call__(self, chunk: dict, n_pad: np.ndarray) -> dict:

@@ -89,7 +89,10 @@ class Trainer:
         self.progress = Progress()
         self.wandb_id = None  # the W&B run, continued on resume
         self.validation_seconds = 0.0
-        self.evaluator = Evaluator(self.validation_data, self.objective, self.config, process, self.device)
+        classes = plan.metadata["n_classes"]
+        self.evaluator = Evaluator(
+            self.validation_data, self.objective, self.config, classes, process, self.device
+        )
         self.columns = metric_columns(plan.config["target_columns"], self.evaluator.categorical)
         self.network = torch.compile(self.model) if spec["compile"] else self.model
         if process.distributed:
@@ -328,6 +331,8 @@ class Trainer:
             p.elapsed += time.perf_counter() - self.started
             self.save_checkpoint()
             raise
+        if p.best_state is None:  # no finite validation loss: the best model is the last one
+            p.best_epoch = p.epoch
         tracker.summary({"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch})
 
     def export(self) -> list:

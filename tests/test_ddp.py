@@ -61,3 +61,39 @@ def test_torchrun_two_processes_train_one_model(made, monkeypatch):
     single = run(config.load("train", made / "configs" / "train.yaml", overrides))
     assert float(rows[-1]["validation_loss"]) < float(rows[0]["validation_loss"])
     assert float(rows[-1]["validation_loss"]) == pytest.approx(single["best_loss"], rel=0.05)
+
+
+def test_a_process_without_validation_windows_takes_part_in_every_sum(project):
+    """One validation window for two processes: the second validates nothing, yet adds its zeros to
+    every sum (baselines, accuracy, class shares), so the figures are the one window's."""
+    table = pd.concat(
+        [
+            pd.DataFrame(
+                {"sequenceId": s, "itemPosition": range(n), "item": [f"v{i % 3}" for i in range(s, s + n)]}
+            )
+            for s, n in [*((s, 10) for s in range(20)), (20, 30)]
+        ]
+    )
+    project.write_data(table)
+    project.preprocess(seq_length=4, split_ratios=[0.95, 0.05])
+    assert project.metadata()["n_windows"]["validation"] == 1
+    train_config = {
+        "project_root": str(project.root),
+        "metadata_config_path": "configs/metadata_configs/table.json",
+        "export_onnx": False,
+        "wandb": {"mode": "disabled"},
+        "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
+        "training_spec": {"epochs": 1, "class_share_log_columns": ["item"]},
+    }
+    (project.root / "configs" / "train.yaml").write_text(yaml.safe_dump(train_config))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "sequifier", "train", "--model-name", "lone"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=project.root, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(project.root / "logs" / "sequifier-lone-metrics.csv") as handle:
+        rows = {(row["kind"], row["epoch"]): row for row in csv.DictReader(handle)}
+    kinds = ["baseline_last_value", "baseline_training_prior", "baseline_best", "epoch"]
+    assert set(rows) == {(kind, "0") for kind in kinds} | {("epoch", "1")}
+    accuracy = float(rows[("epoch", "1")]["validation_accuracy_item"])
+    assert accuracy * 4 == round(accuracy * 4)  # the one window's 4 targets

@@ -321,6 +321,21 @@ def test_unseen_values_become_other_with_a_warning_that_counts_them(trained, cap
     np.testing.assert_allclose(predictions.price, prices, rtol=1e-4)
 
 
+def test_values_fitted_out_of_new_data_are_named_in_a_warning(trained, caplog):
+    """New data whose own training split lacks a value the model knows reads it as other; the warning
+    says so and how to keep it (fit_on_all_splits)."""
+    table = pd.read_csv(trained / "data/example.csv")
+    early = table.groupby("sequenceId").itemPosition.transform(lambda p: p < p.quantile(0.9))
+    table.loc[early & (table.itemId == "peak"), "itemId"] = "drop"  # peak only late in each sequence
+    for name, fit_on_all_splits in (("late", False), ("late-all", True)):
+        metadata = preprocess_again(trained, name, table=table, fit_on_all_splits=fit_on_all_splits)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="sequifier"):
+            infer(trained, f"out-{name}", metadata_config_path=metadata)
+        warned = "were read as 'other' (id 1) when it was preprocessed" in caplog.text
+        assert warned == (not fit_on_all_splits) and ("fit_on_all_splits: true" in caplog.text) == warned
+
+
 def test_the_configs_of_make_run_unedited_after_train(trained):
     result = run_cli("infer", cwd=trained, check=True)
     assert "sequifier-default-best-predictions.csv" in result.stderr
