@@ -68,6 +68,19 @@ SETTINGS = {
     "warmup-500": {T + "scheduler.warmup_steps": 500},
     "es-3": {T + "epochs": 40, T + "early_stopping_epochs": 3},
     "rope": {"model_spec.positional_encoding": "rope"},  # not a training default: a probe of memorizing
+    "wide": {  # not a default either: a probe of the model's size (dim 128, feed-forward 512)
+        "model_spec.dim_model": 128,
+        "model_spec.dim_feedforward": 512,
+        T + "epochs": 40,
+        T + "early_stopping_epochs": 3,
+    },
+    "wide-lr-0.001": {
+        "model_spec.dim_model": 128,
+        "model_spec.dim_feedforward": 512,
+        T + "learning_rate": 0.001,
+        T + "epochs": 40,
+        T + "early_stopping_epochs": 3,
+    },
 }
 
 
