@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sequifier.errors import DataError
+from sequifier.errors import DataError, first_line
 from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain
 
 FORMAT = "sequifier-checkpoint/1"
@@ -161,10 +161,9 @@ def load(path: Path) -> dict:
             "it to resume from an earlier one, or set training_spec.continue_training: false"
         ) from None
     except Exception as error:  # any other failure means the file is unusable
-        text = str(error).strip()
         raise DataError(
             f"{path}: cannot resume from this checkpoint, the file is damaged ({type(error).__name__}: "
-            f"{(text.splitlines()[0] if text else '')[:200]}); delete it to resume from an earlier one, or "
+            f"{first_line(error)}); delete it to resume from an earlier one, or "
             "set training_spec.continue_training: false"
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:

@@ -104,7 +104,7 @@ def _finish_chunk(source: WindowSource, file: Path, blocks: dict, context, cut: 
             f"{file}: {CONTEXT} holds {context.min()} to {context.max()}; expected 0 to the window's "
             f"{source.seq_length + cut} context items"
         )
-    split_start = np.maximum(np.maximum(context - cut, 0), n_pad)
+    split_start = np.maximum(context - cut, n_pad)  # n_pad >= 0: the cut-off context counts no more
     chunk = {
         PAD: torch.from_numpy(n_pad.astype(np.int16)),
         SPLIT_START: torch.from_numpy(split_start.astype(np.int16)),

@@ -15,3 +15,9 @@ class DataError(SequifierError):
 
 class ResourceError(SequifierError):
     """The machine ran out of something (memory, a worker process); the work can be resumed."""
+
+
+def first_line(error: BaseException, limit: int = 200) -> str:
+    """The first line of an error's message (at most `limit` characters), to quote in one of ours."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else "")[:limit]

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from sequifier.errors import DataError
+from sequifier.errors import DataError, first_line
 from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain
 from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
@@ -81,16 +81,11 @@ def read_bundle(path) -> dict:
         ) from None
     except Exception as error:
         raise DataError(
-            f"{path}: cannot read this model file ({type(error).__name__}: {_first_line(error)})"
+            f"{path}: cannot read this model file ({type(error).__name__}: {first_line(error)})"
         ) from None
     if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
         raise DataError(f"{path}: not a sequifier model bundle (expected format {FORMAT})")
     return bundle
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return (text.splitlines()[0] if text else "")[:200]
 
 
 def load_bundle(path) -> tuple:

@@ -27,22 +27,27 @@ def parameter_count(models: Path, name: str) -> int | None:
     return sum(tensor.numel() for tensor in read_bundle(path)["state_dict"].values())
 
 
-def metric_rows(metrics_path: Path, kind: str = "epoch") -> list[dict]:
-    """The rows of one kind of a metrics CSV; none when it is missing or empty."""
+def metric_rows(metrics_path: Path) -> list[dict]:
+    """The rows of a metrics CSV; none when it is missing or empty."""
     if not metrics_path.is_file() or metrics_path.stat().st_size == 0:
         return []
     with open(metrics_path) as handle:
-        return [row for row in csv.DictReader(handle) if row["kind"] == kind]
+        return list(csv.DictReader(handle))
 
 
-def baseline(metrics_path: Path) -> dict:
+def epochs_of(rows: list[dict]) -> list[dict]:
+    """The rows of the model after each epoch, from epoch 0 (untrained)."""
+    return [row for row in rows if row["kind"] == "epoch"]
+
+
+def baseline(rows: list[dict]) -> dict:
     """The best baseline of the run's validation split: baseline_loss, baseline_loss_{target} and
-    baseline_accuracy_{target}."""
-    rows = metric_rows(metrics_path, "baseline_best")
-    if not rows:
+    baseline_accuracy_{target}, from the rows of its metrics CSV."""
+    best = next((row for row in rows if row["kind"] == "baseline_best"), None)
+    if best is None:
         return {}
-    found = {"baseline_loss": float(rows[0]["validation_loss"])}
-    for key, value in rows[0].items():
+    found = {"baseline_loss": float(best["validation_loss"])}
+    for key, value in best.items():
         if key.startswith(("validation_loss_", "validation_accuracy_")) and value:
             found[f"baseline_{key[len('validation_') :]}"] = float(value)
     return found
@@ -50,21 +55,20 @@ def baseline(metrics_path: Path) -> dict:
 
 def run_result(name: str, metrics_path: Path, models: Path) -> dict:
     """One row of the leaderboard from the run's metrics CSV (trained epochs) and its best model."""
-    rows = [row for row in metric_rows(metrics_path) if int(row["epoch"]) > 0]
+    found = metric_rows(metrics_path)
+    rows = [row for row in epochs_of(found) if int(row["epoch"]) > 0]
     if not rows:
         return {"run": name, "status": "failed"}
     losses = [float(row["validation_loss"]) for row in rows]
     if not any(math.isfinite(loss) for loss in losses):  # trained, but to no number: not rankable
         return {"run": name, "status": "diverged", "epochs": int(rows[-1]["epoch"])}
     best = rows[min(range(len(rows)), key=lambda i: losses[i] if math.isfinite(losses[i]) else math.inf)]
-    baselines, per_target = baseline(metrics_path), {}
-    for key in (k for k in best if k.startswith("validation_loss_")):  # per target: model, then baseline
-        for figure in (key, "validation_accuracy_" + key[len("validation_loss_") :]):
-            if best.get(figure):
-                per_target[f"best_{figure}"] = float(best[figure])
-                per_target[f"baseline_{figure[len('validation_') :]}"] = baselines.get(
-                    f"baseline_{figure[len('validation_') :]}", ""
-                )
+    baselines, per_target = baseline(found), {}
+    targets = [key[len("validation_loss_") :] for key in best if key.startswith("validation_loss_")]
+    for figure in (f"{kind}_{target}" for target in targets for kind in ("loss", "accuracy")):
+        if best.get(f"validation_{figure}"):  # per target: the model's, then the baseline's
+            per_target[f"best_validation_{figure}"] = float(best[f"validation_{figure}"])
+            per_target[f"baseline_{figure}"] = baselines.get(f"baseline_{figure}", "")
     return {
         "run": name,
         "status": "done",
@@ -117,11 +121,12 @@ def plot_curves(path: Path, metrics: dict, title: str) -> None:
     figure, axes = plt.subplots(figsize=(8, 5))
     baselines = []
     for name, metrics_path in metrics.items():
-        rows = metric_rows(metrics_path)
+        found = metric_rows(metrics_path)
+        rows = epochs_of(found)
         if rows:
             epochs = [int(row["epoch"]) for row in rows]
             axes.plot(epochs, [float(row["validation_loss"]) for row in rows], marker="o", label=name)
-            baselines.append(baseline(metrics_path).get("baseline_loss"))
+            baselines.append(baseline(found).get("baseline_loss"))
     if baselines and baselines[0] is not None:
         axes.axhline(baselines[0], color="gray", linestyle="--", label="best baseline")
     axes.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))

@@ -74,12 +74,11 @@ class Objective:
     def correct(self, outputs: dict, batch: dict) -> dict:
         """{categorical target: (right predictions, targets)}: top-1 over the ordinary classes (ids
         from FIRST_ID, as inference predicts) on the batch's valid target positions."""
-        result = {}
+        result, mask = {}, self.mask(batch, next(iter(outputs.values())).device)
         for name, kind in self.targets:
             if kind != "categorical":
                 continue
             logits = outputs[name][:, -self.length :]
-            mask = self.mask(batch, logits.device)
             predicted = logits[..., FIRST_ID:].argmax(-1) + FIRST_ID
             right = (predicted == self.targets_of(batch, name, logits.device).long()) & mask
             result[name] = (right.sum().float(), mask.sum().float())

@@ -17,7 +17,7 @@ from sequifier.ademamix import AdEMAMix
 from sequifier.errors import ConfigError
 
 
-def _classes(module: Any, base: type) -> dict[str, type]:
+def public_classes(module: Any, base: type) -> dict[str, type]:
     """The public subclasses of `base` in `module`, by name."""
     return {
         name: cls
@@ -26,7 +26,7 @@ def _classes(module: Any, base: type) -> dict[str, type]:
     }
 
 
-def _pick(path: str, kind: str, name: Any, classes: dict[str, type]) -> type:
+def pick_class(path: str, kind: str, name: Any, classes: dict[str, type]) -> type:
     """`classes[name]`, or a ConfigError with a did-you-mean and the allowed names."""
     if isinstance(name, str) and name in classes:
         return classes[name]
@@ -36,7 +36,7 @@ def _pick(path: str, kind: str, name: Any, classes: dict[str, type]) -> type:
     raise ConfigError(f"{path}: unknown {kind} {name!r}{hint} allowed: {', '.join(allowed)}")
 
 
-def _construct(path: str, cls: type, first: Any, kwargs: dict[str, Any]) -> Any:
+def construct(path: str, cls: type, first: Any, kwargs: dict[str, Any]) -> Any:
     """`cls(first, **kwargs)`, with an unknown keyword or a bad value reported as a ConfigError."""
     parameters = inspect.signature(cls).parameters
     accepted = [n for n in parameters if n not in ("params", "optimizer", "lr")]
@@ -54,7 +54,7 @@ def _construct(path: str, cls: type, first: Any, kwargs: dict[str, Any]) -> Any:
         raise ConfigError(f"{path}: {cls.__name__}({kwargs}) is invalid: {message}") from None
 
 
-def _kwargs(path: str, spec: Any) -> dict[str, Any]:
+def config_kwargs(path: str, spec: Any) -> dict[str, Any]:
     """A copy of the config block, lists turned into tuples (betas: [0.9, 0.95])."""
     if not isinstance(spec, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'name' key, got {spec!r}")
@@ -91,15 +91,15 @@ def build_optimizer(model: torch.nn.Module | Iterable, spec: dict, learning_rate
     `model` is a module or its (named) parameters; those without gradients are left out. When the class
     takes `weight_decay`, it applies to the weight matrices and embeddings only (`parameter_groups`)."""
     path = "training_spec.optimizer"
-    kwargs = _kwargs(path, spec)
-    classes = {**_classes(torch.optim, Optimizer), "AdEMAMix": AdEMAMix}
+    kwargs = config_kwargs(path, spec)
+    classes = {**public_classes(torch.optim, Optimizer), "AdEMAMix": AdEMAMix}
     if kwargs.get("name") is None:
         raise ConfigError(f"{path}.name: missing; allowed: {', '.join(sorted(classes))}")
-    cls = _pick(f"{path}.name", "optimizer", kwargs.pop("name"), classes)
+    cls = pick_class(f"{path}.name", "optimizer", kwargs.pop("name"), classes)
     if "lr" in kwargs:
         raise ConfigError(f"{path}.lr: not allowed here; set training_spec.learning_rate instead")
     params = _trainable(model)
     if not params:
         raise ValueError("build_optimizer got no parameters to optimize")
     groups = parameter_groups(params) if "weight_decay" in inspect.signature(cls).parameters else params
-    return _construct(path, cls, groups, {"lr": learning_rate, **kwargs})
+    return construct(path, cls, groups, {"lr": learning_rate, **kwargs})

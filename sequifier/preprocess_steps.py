@@ -122,16 +122,16 @@ def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
             "use subsequence_start_mode 'distribute' or a stride that divides"
         ) from None
     splits = row_splits(part, bounds)
-    training = splits == 0
+    training, training_lengths = splits == 0, bounds[:, 1] - bounds[:, 0]
     sequences = {
         SEQUENCE: part.sequence_ids(),
         "hash": pa.array(part.hashes),
         "length": pa.array(part.lengths),
+        "training_length": pa.array(training_lengths),
     }
-    sequences["training_length"] = pa.array(bounds[:, 1] - bounds[:, 0])
     for column in plan.columns.real():
         values = part.table.column(column).to_numpy()
-        mean, m2 = encoding.sequence_moments(values[training], bounds[:, 1] - bounds[:, 0])
+        mean, m2 = encoding.sequence_moments(values[training], training_lengths)
         sequences[f"{column}.mean"], sequences[f"{column}.m2"] = pa.array(mean), pa.array(m2)
         if config["fit_on_all_splits"]:
             mean, m2 = encoding.sequence_moments(values, part.lengths)

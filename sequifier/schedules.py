@@ -14,7 +14,7 @@ import torch
 from torch.optim import Optimizer, lr_scheduler
 
 from sequifier.errors import ConfigError
-from sequifier.optim import _classes, _construct, _kwargs, _pick
+from sequifier.optim import config_kwargs, construct, pick_class, public_classes
 
 _UNSUPPORTED_SCHEDULERS = {
     "ReduceLROnPlateau": "the scheduler is stepped without a metric",
@@ -53,12 +53,12 @@ class RunLength:
         return self.epochs if step_on == "epoch" else self.epochs * self.steps_per_epoch
 
 
-def _count(n: int, step_on: str) -> str:
-    return f"{n} {'epoch' if step_on == 'epoch' else 'optimizer step'}{'' if n == 1 else 's'}"
-
-
 def _unit(step_on: str) -> str:
     return "epoch" if step_on == "epoch" else "optimizer step"
+
+
+def _count(n: int, step_on: str) -> str:
+    return f"{n} {_unit(step_on)}{'' if n == 1 else 's'}"
 
 
 def _is_count(value: Any) -> bool:
@@ -87,11 +87,11 @@ class _Parsed:
 
     def build(self, optimizer: Optimizer, horizon: int) -> lr_scheduler.LRScheduler:
         assert self.cls is not None
-        return _construct(SCHEDULER, self.cls, optimizer, self.arguments(optimizer, horizon))
+        return construct(SCHEDULER, self.cls, optimizer, self.arguments(optimizer, horizon))
 
 
 def _parse(spec: Any) -> _Parsed:
-    kwargs = _kwargs(SCHEDULER, spec)
+    kwargs = config_kwargs(SCHEDULER, spec)
     name = kwargs.pop("name", None)
     warmup = kwargs.pop("warmup_steps", 0)
     if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
@@ -102,9 +102,11 @@ def _parse(spec: Any) -> _Parsed:
         return _Parsed(None, {}, warmup, None)
     if isinstance(name, str) and name in _UNSUPPORTED_SCHEDULERS:
         raise ConfigError(f"{SCHEDULER}.name: {name!r} is not supported: {_UNSUPPORTED_SCHEDULERS[name]}")
-    classes = _classes(lr_scheduler, lr_scheduler.LRScheduler)
+    classes = public_classes(lr_scheduler, lr_scheduler.LRScheduler)
     classes = {n: c for n, c in classes.items() if n not in _UNSUPPORTED_SCHEDULERS}
-    cls = _pick(f"{SCHEDULER}.name", "scheduler", name, {**classes, "LinearWarmup": lr_scheduler.LinearLR})
+    cls = pick_class(
+        f"{SCHEDULER}.name", "scheduler", name, {**classes, "LinearWarmup": lr_scheduler.LinearLR}
+    )
     key = _HORIZONS[cls.__name__][0] if cls.__name__ in _HORIZONS else None
     given = ("total_steps", "epochs", "steps_per_epoch") if cls is lr_scheduler.OneCycleLR else (key,)
     follows_run = key if key is not None and not any(k in kwargs for k in given) else None

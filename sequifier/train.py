@@ -257,7 +257,6 @@ class Trainer:
             )
             logged.update({f"class_share/{name}/{value}": share for value, share in shares.items()})
         tracker.log(logged, step=p.steps)
-        accuracy = "".join(f", accuracy of {n} {v:.4f}" for n, v in validation["accuracy"].items())
         trained = f"train loss {train[0]:.5f}" if epoch else "untrained"
         log.info(
             "epoch %d batch %d: %s, validation loss %.5f%s",
@@ -265,7 +264,7 @@ class Trainer:
             batch,
             trained,
             validation["loss"],
-            accuracy,
+            _accuracies(validation),
         )
         return validation["loss"]
 
@@ -289,7 +288,7 @@ class Trainer:
             log.info(
                 "baselines on the validation split (best per target): loss %.5f%s",
                 best["loss"],
-                "".join(f", accuracy of {n} {v:.4f}" for n, v in best["accuracy"].items()),
+                _accuracies(best),
             )
         nothing = {n: math.nan for n in self.config["target_columns"]}
         self.record(0, 0, "epoch", (math.nan, nothing), math.nan, tracker)
@@ -340,6 +339,11 @@ class Trainer:
             return []
         p = self.progress
         return export_run(self.plan, self.model, p.best_state, p.best_epoch, p.epoch)
+
+
+def _accuracies(evaluation: dict) -> str:
+    """ ", accuracy of {target} {value}" for each categorical target of an evaluation, for the log."""
+    return "".join(f", accuracy of {n} {v:.4f}" for n, v in evaluation["accuracy"].items())
 
 
 def _log_to_file(plan: TrainPlan) -> logging.Handler:
