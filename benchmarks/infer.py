@@ -23,8 +23,9 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import tools as bench  # noqa: E402  (data, configs and tool runners shared by the benchmarks)
 from preprocess import measure, print_table  # noqa: E402
+
+import tools as bench  # noqa: E402  (data, configs and tool runners shared by the benchmarks)
 
 HERE = Path(__file__).resolve().parent
 OURS, ENV = bench.OURS, bench.ENV
@@ -243,7 +244,7 @@ def model_only(args, setup: dict) -> None:
     taken in turns (the original's ONNX file with the inputs it declares)."""
     import onnxruntime
 
-    from sequifier.predictors import load_predictor
+    from sequifier.infer.predictors import load_predictor
 
     ids = np.random.default_rng(0).integers(3, 50, size=(args.batch, 32))
     runners = {}

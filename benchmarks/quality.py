@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import print_table  # noqa: E402
+
 from tools import (  # noqa: E402
     ENV,
     HERE,
@@ -182,7 +183,7 @@ def epoch_curve(root: Path, name: str, values) -> list:
     """[epoch, test CE at the last position] per epoch, from the run's checkpoints."""
     import torch
 
-    from sequifier.model import ModelArgs, Transformer
+    from sequifier.model.network import ModelArgs, Transformer
 
     curve = []
     for path in sorted(
@@ -198,7 +199,7 @@ def epoch_curve(root: Path, name: str, values) -> list:
 
 
 def train(root: Path, name: str, overrides: dict, test: str, out: Path) -> dict:
-    from sequifier.export import load_bundle
+    from sequifier.model.export import load_bundle
 
     settings = {"project_root": str(root), **HARNESS, **overrides}
     r = run_ours(root, root / "configs" / "train.yaml", name, settings, out / "logs" / f"train-{name}.log")

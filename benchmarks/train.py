@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import print_table  # noqa: E402  (the sibling benchmark's process runner)
+
 from tools import (  # noqa: E402
     HERE,
     OURS,
@@ -172,7 +173,7 @@ def matmul_peak(seconds: float, n: int = 1024) -> float:
 
 def matmul_params(bundle_path: Path) -> tuple:
     """(all parameters, parameters outside embeddings) of an exported model."""
-    from sequifier.export import load_bundle
+    from sequifier.model.export import load_bundle
 
     model, bundle = load_bundle(bundle_path)
     total = sum(p.numel() for p in model.parameters())
@@ -220,7 +221,7 @@ def flops(args, out: Path, speed_results: dict, peaks: list) -> None:
 def last_position_ce(bundle_path: Path, windows_path: Path, chain: np.ndarray, batch: int = 4096) -> dict:
     """Cross-entropy (nats) of the model at the last position of each test window, and of the true
     chain on the same targets."""
-    from sequifier.export import load_bundle
+    from sequifier.model.export import load_bundle
 
     model, bundle = load_bundle(bundle_path)
     model.eval()

@@ -169,10 +169,10 @@ def _set_overrides(items: list) -> dict:
 
 
 def _run_preprocess_step(args, config) -> None:
-    from sequifier import preprocess_steps as steps
+    from sequifier.data.metadata import load_metadata
     from sequifier.errors import ConfigError
-    from sequifier.metadata import load_metadata
-    from sequifier.preprocess_plan import make_plan
+    from sequifier.preprocess import steps
+    from sequifier.preprocess.plan import make_plan
 
     plan = make_plan(config, args.config_path)
     needs = {"scan": "part", "windows": "part", "merge": "split"}
@@ -199,13 +199,13 @@ def _dispatch(args) -> None:
     from sequifier import config
 
     if args.command == "train":
-        from sequifier.train import run
+        from sequifier.train.session import run
 
         overrides = {**_set_overrides(args.set), **_flag_overrides(args, TRAIN_FLAGS, "input_columns")}
         run(config.load("train", args.config_path, overrides), args.config_path)
         return
     if args.command == "hyperparameter-search":
-        from sequifier.search_run import run
+        from sequifier.search.runner import run
 
         flags = {"project_root": "project_root", "search_name": "search_name"}
         overrides = {**_set_overrides(args.set)}
@@ -219,7 +219,7 @@ def _dispatch(args) -> None:
         run(config.load("hyperparameter-search", args.config_path, overrides), args.config_path, args.jobs)
         return
     if args.command == "infer":
-        from sequifier.infer import run
+        from sequifier.infer.application import run
 
         overrides = {**_set_overrides(args.set), **_flag_overrides(args, INFER_FLAGS, "input_columns")}
         run(config.load("infer", args.config_path, overrides), args.config_path)
@@ -227,7 +227,7 @@ def _dispatch(args) -> None:
     overrides = _flag_overrides(args, PREPROCESS_FLAGS, "selected_columns")
     loaded = config.load("preprocess", args.config_path, overrides)
     if args.command == "preprocess":
-        from sequifier.preprocess import run
+        from sequifier.preprocess.pipeline import run
 
         run(loaded, args.config_path)
     else:

@@ -5,8 +5,9 @@ import torch
 from conftest import sequences_table
 
 from sequifier import config
-from sequifier.data import PAD, SPLIT_START, InMemoryWindows, StreamedWindows
-from sequifier.train_config import make_train_plan
+from sequifier.data.window_files import PAD, SPLIT_START
+from sequifier.train.datasets import InMemoryWindows, StreamedWindows
+from sequifier.train.plan import make_train_plan
 
 
 def plan_of(project, **preprocess):

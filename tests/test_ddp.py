@@ -12,7 +12,7 @@ from conftest import items_of_splits, made_project
 from losses_by_hand import losses_by_hand, read_windows
 
 from sequifier import config
-from sequifier.export import load_bundle
+from sequifier.model.export import load_bundle
 from sequifier.train import run
 
 SETTINGS = ["training_spec.epochs=3", "export_onnx=false", "wandb.mode=disabled", "training_spec.dropout=0.1"]

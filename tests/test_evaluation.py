@@ -12,10 +12,10 @@ from conftest import items_of_splits, sequences_table
 from losses_by_hand import counted, losses_by_hand, read_windows
 
 from sequifier import config
-from sequifier.export import load_bundle
-from sequifier.model import ModelArgs, Transformer
-from sequifier.objective import target_mask
+from sequifier.model.export import load_bundle
+from sequifier.model.network import ModelArgs, Transformer
 from sequifier.train import run
+from sequifier.train.objective import target_mask
 
 W, RATIOS = 6, [0.6, 0.2, 0.2]
 

@@ -10,10 +10,10 @@ import torch
 from conftest import run_cli
 
 from sequifier import config
-from sequifier.export import load_bundle
 from sequifier.infer import run
 from sequifier.make import EXAMPLE_STATES
-from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
+from sequifier.model.export import load_bundle
+from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 W = 16  # the example's window: 16 items, then the one predicted
 
@@ -250,7 +250,7 @@ def test_monte_carlo_dropout_is_seeded(trained):
 
 
 def test_monte_carlo_dropout_of_an_onnx_export_is_seeded(trained):
-    from sequifier.export import describe, write_onnx
+    from sequifier.model.export import describe, write_onnx
 
     model, bundle = load_bundle(trained / model_file(trained))
     bundle["model_args"]["dropout"] = 0.3
@@ -378,7 +378,7 @@ def test_map_to_id_false_writes_the_ids(trained):
 
 
 def test_a_precomputed_id_map_with_gaps_has_a_class_per_value():
-    from sequifier.recode import OutputDecoder
+    from sequifier.infer.decode import OutputDecoder
 
     metadata = {
         "id_maps": {"item": {"a": 3, "b": 6}},

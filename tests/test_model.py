@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from sequifier.model import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
+from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 COLUMNS = (("item", "categorical", 9, 12), ("price", "real", 0, 4))
 TARGETS = (("item", "categorical", 9), ("price", "real", 0))

@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from sequifier.ademamix import AdEMAMix, _beta3_at
 from sequifier.errors import ConfigError
-from sequifier.model import ModelArgs, Transformer
-from sequifier.optim import build_optimizer, parameter_groups
+from sequifier.model.network import ModelArgs, Transformer
+from sequifier.train.ademamix import AdEMAMix, _beta3_at
+from sequifier.train.optim import build_optimizer, parameter_groups
 
 
 def regression_data(seed=0, n=64, d=4):

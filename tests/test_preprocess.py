@@ -221,7 +221,8 @@ def test_precomputed_id_map_is_used_and_unseen_values_get_other(project, caplog)
 
 def test_continue_preprocessing_skips_finished_parts(project, monkeypatch):
     from sequifier import config as stage_config
-    from sequifier import preprocess, preprocess_steps
+    from sequifier.preprocess import pipeline as preprocess
+    from sequifier.preprocess import steps as preprocess_steps
 
     project.write_data(sequences_table(n_sequences=60))
     project.preprocess(n_partitions=3)
@@ -254,8 +255,9 @@ def test_continue_preprocessing_skips_finished_parts(project, monkeypatch):
 
 def test_continue_refuses_a_work_folder_of_other_inputs(project, monkeypatch):
     from sequifier import config as stage_config
-    from sequifier import preprocess, preprocess_steps
     from sequifier.errors import ConfigError
+    from sequifier.preprocess import pipeline as preprocess
+    from sequifier.preprocess import steps as preprocess_steps
 
     project.write_data(sequences_table(n_sequences=30))
     maps = project.root / "configs" / "id_maps"
@@ -295,7 +297,7 @@ def test_categorical_floats_read_the_same_from_csv_and_parquet(project):
 
 def test_streamed_csv_reading_gives_the_same_windows(project, monkeypatch):
     """Large CSV files are read in small blocks (bounded memory); the windows do not change."""
-    from sequifier import table as input_table
+    from sequifier.preprocess import reader as input_table
 
     data = sequences_table(n_sequences=60)
     data["itemPosition"] = data["itemPosition"].astype(float)  # integral floats are fine positions
@@ -324,7 +326,7 @@ def test_a_worker_that_dies_is_a_clear_error():
     import os
 
     from sequifier.errors import ResourceError
-    from sequifier.preprocess import _Runner
+    from sequifier.preprocess.pipeline import _Runner
 
     runner = _Runner(2)
     try:

@@ -12,11 +12,14 @@ import pytest
 import torch
 from test_infer import model_file
 
-from sequifier import checkpoint, config, export
+from sequifier import config
 from sequifier.errors import DataError
-from sequifier.export import export_run, load_bundle, read_bundle
 from sequifier.files import atomic_path, publish, write_json
-from sequifier.train_config import make_train_plan
+from sequifier.model import export
+from sequifier.model.export import load_bundle, read_bundle
+from sequifier.train import checkpoint
+from sequifier.train.plan import make_train_plan
+from sequifier.train.session import export_run
 
 
 class RunsCode:

@@ -11,8 +11,8 @@ import torch
 import yaml
 
 from sequifier.errors import ConfigError
-from sequifier.optim import build_optimizer
-from sequifier.schedules import RunLength, build_schedule
+from sequifier.train.optim import build_optimizer
+from sequifier.train.schedules import RunLength, build_schedule
 
 
 def linear_model(seed=0, d=4):
@@ -98,16 +98,16 @@ def test_template_cosine_stepped_per_batch_spans_the_optimizer_steps():
     ],
 )
 def test_a_horizon_shorter_than_the_run_warns(caplog, spec, expected):
-    with caplog.at_level(logging.WARNING, logger="sequifier.schedules"):
+    with caplog.at_level(logging.WARNING, logger="sequifier.train.schedules"):
         schedule = build_schedule(optimizer_with_lr(), spec, "epoch", RunLength(20, 3))
-    assert [r.name for r in caplog.records] == ["sequifier.schedules"]
+    assert [r.name for r in caplog.records] == ["sequifier.train.schedules"]
     assert expected in caplog.text
     run_lrs(schedule, 20, 3)  # the run goes on as the warning says
 
 
 def test_the_warning_counts_in_optimizer_steps_with_step_on_batch(caplog):
     spec = {"name": "CosineAnnealingLR", "T_max": 50, "eta_min": 0.01}
-    with caplog.at_level(logging.WARNING, logger="sequifier.schedules"):
+    with caplog.at_level(logging.WARNING, logger="sequifier.train.schedules"):
         schedule = build_schedule(optimizer_with_lr(), spec, "batch", RunLength(20, 5))
     assert "T_max: 50 optimizer steps is shorter than the run (100 optimizer steps)" in caplog.text
     assert "after optimizer step 50 and rises again (a cosine of period 100)" in caplog.text
@@ -127,13 +127,13 @@ def test_the_warning_counts_in_optimizer_steps_with_step_on_batch(caplog):
     ],
 )
 def test_no_warning_when_the_schedule_spans_the_run(caplog, spec, run):
-    with caplog.at_level(logging.WARNING, logger="sequifier.schedules"):
+    with caplog.at_level(logging.WARNING, logger="sequifier.train.schedules"):
         build_schedule(optimizer_with_lr(), spec, "epoch", run)
     assert caplog.records == []
 
 
 def test_a_warmup_longer_than_the_run_warns(caplog):
-    with caplog.at_level(logging.WARNING, logger="sequifier.schedules"):
+    with caplog.at_level(logging.WARNING, logger="sequifier.train.schedules"):
         build_schedule(optimizer_with_lr(), {"warmup_steps": 40}, "epoch", RunLength(2, 5))
     assert "warmup_steps: 40 optimizer steps is longer than the run (10 optimizer steps)" in caplog.text
 
@@ -330,7 +330,7 @@ def test_a_defaulted_horizon_follows_a_longer_run_on_resume(caplog, spec, step_o
 
     optimizer, schedule = model_and_schedule(spec, step_on, RunLength(10, 4))
     optimizer.load_state_dict(saved["optimizer"])
-    with caplog.at_level(logging.INFO, logger="sequifier.schedules"):
+    with caplog.at_level(logging.INFO, logger="sequifier.train.schedules"):
         schedule.load_state_dict(saved["schedule"])
     long, short = (
         ("10 epochs", "4 epochs") if step_on == "epoch" else ("40 optimizer steps", "16 optimizer steps")
@@ -352,7 +352,7 @@ def test_a_given_horizon_stays_on_resume(caplog):
     trained_lrs(optimizer, schedule, 4, 2)
     saved = round_trip(schedule.state_dict())
     optimizer, schedule = model_and_schedule(spec, "epoch", RunLength(8, 2))
-    with caplog.at_level(logging.INFO, logger="sequifier.schedules"):
+    with caplog.at_level(logging.INFO, logger="sequifier.train.schedules"):
         schedule.load_state_dict(saved)
     assert "defaults to the run" not in caplog.text
     assert schedule.main.T_max == 4

@@ -8,8 +8,8 @@ import yaml
 from conftest import made_project, run_cli
 from wandb_runs import find_runs, read_run
 
-from sequifier import search
 from sequifier.errors import ConfigError
+from sequifier.search import space as search
 
 SPACE = {"model_spec.dim_model": [16, 32, 64], "training_spec.learning_rate": [0.001, 0.003]}
 
@@ -148,7 +148,7 @@ def test_a_second_search_trains_only_what_is_new_or_failed(searched):
 
 
 def test_a_run_without_a_finite_loss_is_ranked_after_the_finished_ones(tmp_path):
-    from sequifier import leaderboard
+    from sequifier.search import leaderboard
 
     header = "epoch,batch,kind,train_loss,validation_loss,validation_loss_x,elapsed_s\n"
     untrained = "0,0,epoch,nan,1.0,1.0,0.1\n"  # better than any trained epoch: never the best epoch

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import REPO
 
 RUFF = Path(sys.executable).parent / "ruff"
-PATHS = ["sequifier", "tests", "benchmarks"]
+PATHS = ["sequifier", "tests", "benchmarks", "tools"]
 
 
 def test_ruff_lint_and_format():

@@ -9,7 +9,7 @@ import pytest
 from conftest import REPO
 from wandb_runs import find_runs, read_run
 
-from sequifier.tracking import Tracker, resolve_mode
+from sequifier.train.tracking import Tracker, resolve_mode
 
 CONFIG = {"model": {"dim": 16, "heads": 2}, "lr": 0.001, "columns": ["item", "price"], "long": "x" * 40000}
 
@@ -107,7 +107,7 @@ def test_disabled_and_inactive_write_nothing_and_skip_the_import(tmp_path):
     script = """
 import sys
 from pathlib import Path
-from sequifier.tracking import Tracker
+from sequifier.train.tracking import Tracker
 root = Path(sys.argv[1])
 for tracker in (Tracker({"mode": "disabled"}, {}, root / "a"), Tracker(None, {}, root / "b", active=False)):
     with tracker:
@@ -130,7 +130,7 @@ assert "wandb" not in sys.modules, "wandb was imported"
 
 
 def test_a_failing_init_leaves_tracking_off(tmp_path, wandb_env, caplog):
-    with caplog.at_level(logging.WARNING, logger="sequifier.tracking"):
+    with caplog.at_level(logging.WARNING, logger="sequifier.train.tracking"):
         tracker = Tracker({"mode": "offline", "tags": ["x" * 100]}, {}, tmp_path / "run")  # tags max 64 chars
     assert not tracker.active and tracker.directory is None
     assert "wandb.init failed" in caplog.text

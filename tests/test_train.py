@@ -15,10 +15,11 @@ from conftest import made_project, run_cli
 from wandb_runs import find_runs, read_run
 
 from sequifier import config
-from sequifier.data import InMemoryWindows
-from sequifier.export import load_bundle
-from sequifier.train import Trainer, run
-from sequifier.train_config import make_train_plan
+from sequifier.model.export import load_bundle
+from sequifier.train import run
+from sequifier.train.datasets import InMemoryWindows
+from sequifier.train.plan import make_train_plan
+from sequifier.train.trainer import Trainer
 
 LOSSES = ("train_loss", "validation_loss", "train_loss_itemId", "validation_loss_price")
 

@@ -3,13 +3,7 @@
 import numpy as np
 import pytest
 
-from sequifier.windows import (
-    Windows,
-    slot_rows,
-    split_bounds,
-    start_positions,
-    windows_of_split,
-)
+from sequifier.data.windows import Windows, slot_rows, split_bounds, start_positions, windows_of_split
 
 
 def test_within_sequence_bounds_round_to_nearest_item():
@@ -43,7 +37,7 @@ def test_hand_checked_windows():
 
 
 def test_exact_mode_rejects_a_stride_that_does_not_divide():
-    from sequifier.windows import UnevenStride
+    from sequifier.data.windows import UnevenStride
 
     bounds = np.array([[0, 10]])  # span 10 - 4 = 6 for W = 3
     assert windows_of_split(bounds, 0, 3, 3, "exact").offset.tolist() == [0, 3, 6]
@@ -107,7 +101,7 @@ def test_slots_keep_sequences_apart():
 def test_prefetched_keeps_order_raises_and_lets_go():
     import threading
 
-    from sequifier.window_files import prefetched
+    from sequifier.data.streams import prefetched
 
     assert list(prefetched(iter(range(10)))) == list(range(10))
 

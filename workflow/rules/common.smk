@@ -6,8 +6,9 @@ import yaml
 from snakemake.utils import validate
 
 from sequifier import config as stage_config
-from sequifier import leaderboard, search
-from sequifier.preprocess_plan import make_plan
+from sequifier.search import leaderboard
+from sequifier.search import space as search
+from sequifier.preprocess.plan import make_plan
 
 
 validate(config, "../schemas/config.schema.yaml")

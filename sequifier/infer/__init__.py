@@ -1,0 +1,15 @@
+"""`sequifier infer`: trained models applied to windows, results in the user's own format.
+
+`application.run` applies each model of the `plan` through its `predictors`, `decode`s the
+outputs, `generate`s with autoregression and writes through `sinks`.
+
+`run` is imported on first use, so that importing a module of this package stays light.
+"""
+
+
+def __getattr__(name: str):
+    if name == "run":
+        from sequifier.infer import application
+
+        return getattr(application, name)
+    raise AttributeError(f"module 'sequifier.infer' has no attribute {name!r}")

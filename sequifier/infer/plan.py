@@ -1,0 +1,190 @@
+"""The infer config made complete: which models, which data, where the outputs go.
+
+`make_infer_plan` finds the models (the train config's best model when model_path is null).
+`model_setup` checks one loaded model against the config and the data's metadata, and says
+how the data is read; output names follow the model file's name
+(sequifier-{model}-best-3.pt -> sequifier-{model}-best-predictions.csv).
+"""
+
+import copy
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from sequifier import config as stage_config
+from sequifier.data.metadata import load_metadata
+from sequifier.data.window_files import WindowSource
+from sequifier.errors import ConfigError
+from sequifier.model.export import find_export
+
+EXPORT_NAME = re.compile(r"^(?P<base>.+?)(?P<embedding>-embedding)?-\d+$")
+
+
+@dataclass(frozen=True)
+class InferPlan:
+    config: dict
+    source: str
+    root: Path
+    models: list
+    outputs: Path
+
+    def fail(self, message: str):
+        raise ConfigError(f"{self.source}: {message}")
+
+
+@dataclass(frozen=True)
+class ModelSetup:
+    """How one model is applied: its data, the data's metadata, and the names of its outputs."""
+
+    base: str
+    data_path: Path
+    data_metadata: dict
+    windows: WindowSource
+    targets: list
+    probabilities: list  # categorical targets whose probabilities are written
+    sampled: list
+
+    def output(self, plan: InferPlan, folder: str, suffix: str) -> Path:
+        return plan.outputs / folder / f"{self.base}-{suffix}"
+
+
+def _default_model(config: dict, source: str, root: Path) -> Path:
+    train = stage_config.load_linked("train", root, config, "train_config_path", source, "model_path")
+    models, name = root / train["project_root"] / train["models_path"], train["model_name"]
+    embedding = config["model_type"] == "embedding"
+    found = find_export(models, name, "best", embedding, "pt")
+    if found is None:
+        label = "best-embedding" if embedding else "best"
+        raise ConfigError(
+            f"{source}: model_path is null and {models} holds no sequifier-{name}-{label}-EPOCH.pt (the "
+            "train config's best model); train first, or set model_path"
+        )
+    return found
+
+
+def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
+    config = copy.deepcopy(loaded)
+    root = Path(config["project_root"])
+    paths = config["model_path"]
+    if paths is None:
+        models = [_default_model(config, source, root)]
+    else:
+        models = [root / path for path in ([paths] if isinstance(paths, str) else paths)]
+    bases = [output_base(path) for path in models]
+    for i, base in enumerate(bases):
+        if base in bases[:i]:
+            raise ConfigError(
+                f"{source}: model_path: {models[bases.index(base)]} and {models[i]} give the same output "
+                f"names ({base}-...); apply them in separate runs with different output_path"
+            )
+    if config["autoregression"] and config["model_type"] == "embedding":
+        raise ConfigError(
+            f"{source}: autoregression: true, but model_type is embedding; only a generative model generates"
+        )
+    if config["autoregression"] and config["autoregression_total_steps"] is None:
+        raise ConfigError(
+            f"{source}: autoregression_total_steps: null, but autoregression needs a number of steps"
+        )
+    return InferPlan(config, source, root, models, root / config["output_path"])
+
+
+def output_base(model_path: Path) -> str:
+    """sequifier-x-best-3.pt and sequifier-x-best-embedding-3.onnx -> sequifier-x-best."""
+    match = EXPORT_NAME.match(Path(model_path).stem)
+    return match.group("base") if match else Path(model_path).stem
+
+
+def _check_columns(plan: InferPlan, args, data_metadata: dict, metadata_name: str) -> None:
+    config = plan.config
+    inputs = [(name, kind) for name, kind, *_ in args.input_columns]
+    names = [name for name, _ in inputs]
+    if config["input_columns"] is not None and list(config["input_columns"]) != names:
+        plan.fail(f"input_columns: {config['input_columns']}, but the model reads {names}")
+    if config["seq_length"] is not None and config["seq_length"] != args.seq_length:
+        plan.fail(f"seq_length: {config['seq_length']}, but the model reads {args.seq_length} items")
+    kinds = data_metadata["column_types"]
+    for name, kind in inputs:
+        if name not in kinds:
+            plan.fail(
+                f"the model reads column '{name}', which the data ({metadata_name}) does not have; "
+                f"its columns: {', '.join(kinds)}"
+            )
+        if kinds[name] != kind:
+            plan.fail(f"column '{name}' is {kinds[name]} in the data ({metadata_name}), {kind} in the model")
+    if args.seq_length > data_metadata["seq_length"]:
+        plan.fail(
+            f"the model reads {args.seq_length} items, but the windows of {metadata_name} hold "
+            f"{data_metadata['seq_length']}; preprocess with seq_length >= {args.seq_length}"
+        )
+
+
+def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
+    config = plan.config
+    kinds = {name: kind for name, kind, _ in args.target_columns}
+    targets = config["target_columns"] or list(kinds)
+    for name in targets:
+        if name not in kinds:
+            plan.fail(f"target_columns: '{name}' is not a target of the model ({', '.join(kinds)})")
+    categorical = [name for name in targets if kinds[name] == "categorical"]
+    probabilities = categorical if config["output_probabilities"] else []  # real targets have none
+    if config["output_probabilities"] and not categorical:
+        plan.fail(
+            f"output_probabilities: true, but the targets written ({', '.join(targets)}) are all real "
+            "and have no probabilities; write a categorical target "
+            f"({', '.join(n for n, k in kinds.items() if k == 'categorical') or 'the model has none'}), "
+            "or set output_probabilities: false"
+        )
+    sampled = config["sample_from_distribution_columns"] or []
+    for name in sampled:
+        if name not in categorical:
+            plan.fail(
+                f"sample_from_distribution_columns: '{name}' is not a categorical target written "
+                f"({', '.join(categorical) or 'none'})"
+            )
+    if config["autoregression"]:
+        missing = [name for name, *_ in args.input_columns if name not in targets]
+        if missing:
+            plan.fail(
+                f"autoregression feeds every prediction back as input, but input column '{missing[0]}' is "
+                f"not among the targets written ({', '.join(targets)}); autoregression needs a model whose "
+                "targets include all its input columns"
+            )
+    return targets, probabilities, sampled
+
+
+def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> ModelSetup:
+    """Check a loaded model against the config and its data; say how the data is read."""
+    config = plan.config
+    if description["kind"] != config["model_type"]:
+        wanted = (
+            "sequifier-NAME-best-embedding-EPOCH"
+            if config["model_type"] == "embedding"
+            else "sequifier-NAME-best-EPOCH"
+        )
+        plan.fail(
+            f"model_type: {config['model_type']}, but {model_path} is the {description['kind']} export; "
+            f"give a {config['model_type']} model ({wanted})"
+        )
+    if config["infer_with_dropout"] and model_path.suffix == ".onnx" and not description["with_dropout"]:
+        plan.fail(
+            f"infer_with_dropout: true, but {model_path} was exported without dropout; "
+            "use the pt model, or train with export_with_dropout: true"
+        )
+    if config["metadata_config_path"]:
+        metadata_path = plan.root / config["metadata_config_path"]
+        data_metadata, metadata_name = load_metadata(metadata_path), str(metadata_path)
+    else:
+        data_metadata, metadata_name = description["metadata"], f"the metadata of {model_path}"
+    _check_columns(plan, args, data_metadata, metadata_name)
+    targets, probabilities, sampled = (
+        _targets(plan, args) if config["model_type"] == "generative" else ([], [], [])
+    )
+    data_path = plan.root / (config["data_path"] or data_metadata["split_paths"][-1])
+    windows = WindowSource(
+        data_path, config["read_format"] or data_metadata["write_format"], tuple(data_metadata["columns"]),
+        data_metadata["column_types"], data_metadata["n_classes"],
+        tuple(name for name, *_ in args.input_columns), args.seq_length, data_metadata["seq_length"],
+    )  # fmt: skip
+    return ModelSetup(
+        output_base(model_path), data_path, data_metadata, windows, targets, probabilities, sampled
+    )

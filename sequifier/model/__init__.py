@@ -1,0 +1,1 @@
+"""The network (`network`: nn.Modules only) and its exports (`export`: pt bundles and ONNX files)."""

@@ -1,0 +1,190 @@
+"""Exported models: pt bundles and ONNX files, generative or embedding.
+
+A pt bundle is self-contained: the model's arguments and weights, the resolved train config and
+the metadata, so inference needs nothing else. An ONNX file takes one tensor per input column,
+named by the column ([batch, seq_length], a dynamic batch axis), gives next_{target} (logits or
+values of the next item) or sequence_embedding, and holds its weights in the one file. It also
+carries the bundle's description without the weights (kind, epoch, model arguments, config and
+metadata) as JSON in its metadata property CONTRACT, so ONNX inference needs nothing else either.
+"""
+
+import copy
+import json
+import logging
+import re
+import warnings
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from sequifier.errors import DataError, first_line
+from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain
+from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
+
+log = logging.getLogger(__name__)
+FORMAT = "sequifier-model/1"
+CONTRACT = "sequifier"
+
+
+def describe(model: Transformer, kind: str, epoch: int, config: dict, metadata: dict, dropout: bool) -> dict:
+    """What a bundle holds besides the weights."""
+    return {
+        "format": FORMAT,
+        "kind": kind,
+        "epoch": epoch,
+        "with_dropout": dropout,
+        "model_args": model.args.to_dict(),
+        "config": config,
+        "metadata": metadata,
+    }
+
+
+def write_bundle(path: Path, model: Transformer, description: dict):
+    """Save a bundle of tensors and plain data only (dicts, lists, str, numbers), so that it loads
+    with torch.load(weights_only=True)."""
+    weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
+    bundle = {**_plain(description), "state_dict": weights}
+    with atomic_path(path) as tmp:
+        torch.save(bundle, tmp)
+
+
+def _plain(value):
+    """`value` as tensors and plain data: dicts, lists, tuples, str, numbers, bools and None
+    (numpy scalars become numbers, anything else its text)."""
+    if isinstance(value, dict):
+        return {_plain(key): _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(item) for item in value)
+    if value is None or isinstance(value, (str, bool, int, float, torch.Tensor)):
+        return value
+    if hasattr(value, "item") and hasattr(value, "dtype"):  # a numpy scalar
+        return value.item()
+    return str(value)
+
+
+def read_bundle(path) -> dict:
+    """The contents of a pt bundle (description and state_dict), loaded safely without building the
+    model: only tensors and plain data are read (torch.load with weights_only=True), never objects
+    whose unpickling could run code. A missing, damaged or foreign file is a clear DataError."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: model file not found")
+    try:
+        bundle = torch_load_plain(path)
+    except UnsafeFileError as error:
+        raise DataError(
+            f"{path}: this model file holds objects other than tensors and plain data "
+            f"({', '.join(error.names)}); it is not loaded, since unpickling them could run code. "
+            "A sequifier model bundle holds only weights, numbers, strings, lists and dicts; "
+            "export the model again with sequifier train"
+        ) from None
+    except Exception as error:
+        raise DataError(
+            f"{path}: cannot read this model file ({type(error).__name__}: {first_line(error)})"
+        ) from None
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise DataError(f"{path}: not a sequifier model bundle (expected format {FORMAT})")
+    return bundle
+
+
+def load_bundle(path) -> tuple:
+    """(model in eval mode, bundle) from a pt bundle, read safely (read_bundle); a missing or
+    damaged file is a clear error."""
+    bundle = read_bundle(path)
+    model = Transformer(ModelArgs.from_dict(bundle["model_args"]))
+    model.load_state_dict(bundle["state_dict"])
+    return model.train(bundle["with_dropout"]), bundle
+
+
+def find_export(models: Path, name: str, label: str = "best", embedding: bool = False, suffix: str = "pt"):
+    """The exported model sequifier-{name}-{label}[-embedding]-{epoch}.{suffix} in `models`, or None.
+
+    Normally there is one. After a training interrupted between writing its exports and removing
+    those of an earlier run, there are two: the newest file is taken (then the highest epoch)."""
+    kind = "-embedding" if embedding else ""
+    pattern = re.compile(rf"sequifier-{re.escape(name)}-{label}{kind}-(\d+)\.{suffix}$")
+    found = [
+        (path.stat().st_mtime_ns, int(match.group(1)), path)
+        for path in (Path(models).glob(f"sequifier-{name}-*.{suffix}") if Path(models).is_dir() else [])
+        if (match := pattern.match(path.name))
+    ]
+    return max(found)[2] if found else None
+
+
+def export_head(model: Transformer, kind: str) -> torch.nn.Module:
+    return GenerativeHead(model) if kind == "generative" else EmbeddingHead(model)
+
+
+def example_inputs(args: ModelArgs, batch: int = 2) -> tuple:
+    return tuple(
+        torch.full((batch, args.seq_length), 3, dtype=torch.int32)
+        if kind == "categorical"
+        else torch.zeros(batch, args.seq_length)
+        for _, kind, _, _ in args.input_columns
+    )
+
+
+@contextmanager
+def _quiet_exporter():
+    """The ONNX exporter's warnings (deprecations, optional torchvision ops) are not the user's business."""
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        registration.setLevel(level)
+
+
+def write_onnx(path: Path, model: Transformer, description: dict) -> None:
+    """Export with a dynamic batch axis, weights and description inside the file."""
+    import onnx
+
+    kind, dropout = description["kind"], description["with_dropout"]
+    model = copy.deepcopy(model).cpu().float().train(dropout)
+    head = export_head(model, kind).train(dropout)
+    args = model.args
+    inputs = example_inputs(args)
+    input_names = [name for name, *_ in args.input_columns]
+    output_names = (
+        [f"next_{name}" for name, *_ in args.target_columns]
+        if kind == "generative"
+        else ["sequence_embedding"]
+    )
+    batch = torch.export.Dim("batch", min=1)
+    with atomic_path(path) as tmp, _quiet_exporter():
+        torch.onnx.export(
+            head,
+            inputs,
+            str(tmp),
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=(tuple({0: batch} for _ in inputs),),  # forward(*inputs): one argument
+            external_data=False,
+            dynamo=True,
+            verbose=False,
+        )
+        proto = onnx.load(str(tmp))
+        proto.metadata_props.add(key=CONTRACT, value=json.dumps(description))
+        onnx.save(proto, str(tmp))
+
+
+def read_onnx_description(path: Path, proto) -> dict:
+    """The description an ONNX export carries; a file without one is a clear error."""
+    props = {prop.key: prop.value for prop in proto.metadata_props}
+    description = json.loads(props[CONTRACT]) if CONTRACT in props else None
+    if not isinstance(description, dict) or description.get("format") != FORMAT:
+        raise DataError(f"{path}: not an ONNX model exported by sequifier train (no {FORMAT} description)")
+    return description
+
+
+def exported_files(models: Path, name: str) -> list:
+    """The exports of model `name` in `models`: its best and last models, pt and ONNX, generative
+    and embedding."""
+    exported = re.compile(rf"sequifier-{re.escape(name)}-(best|last)(-embedding)?-\d+\.(pt|onnx)$")
+    if not Path(models).is_dir():
+        return []
+    return sorted(path for path in Path(models).glob(f"sequifier-{name}-*") if exported.match(path.name))

@@ -1,0 +1,192 @@
+"""`sequifier preprocess`: run every step of preprocessing, parts in parallel, outputs atomically.
+
+Intermediate files live in a work folder; the windows and the metadata are moved to their
+places only when everything succeeded. `continue_preprocessing` resumes from the work folder of
+an interrupted run, skipping the steps already done.
+"""
+
+import logging
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+from sequifier.errors import ConfigError, DataError, ResourceError
+from sequifier.files import publish, read_json, remove, write_json
+from sequifier.preprocess import steps
+from sequifier.preprocess.plan import Plan, content_hash, make_plan, recorded_config
+
+logger = logging.getLogger(__name__)
+
+
+def _fingerprint(plan: Plan) -> dict:
+    """What the work folder was made from: config, input files, parts and precomputed id maps."""
+    files = [[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in plan.files]
+    id_maps = {str(path): content_hash([path]) for path in plan.id_map_paths()}
+    return {
+        "config": recorded_config(plan.config),
+        "files": files,
+        "n_parts": plan.n_parts,
+        "id_maps": id_maps,
+    }
+
+
+def _prepare_work(plan: Plan) -> None:
+    marker = plan.work / "fingerprint.json"
+    fingerprint = _fingerprint(plan)
+    if plan.config["continue_preprocessing"] and marker.is_file():
+        if read_json(marker) != fingerprint:
+            raise ConfigError(
+                f"{plan.source}: continue_preprocessing: the work folder {plan.work} was made from another "
+                "config or input; delete it or set continue_preprocessing: false"
+            )
+        logger.info("continuing from %s", plan.work)
+        return
+    shutil.rmtree(plan.work, ignore_errors=True)
+    write_json(marker, fingerprint)
+
+
+def _missing(items, path_of) -> list:
+    """The items whose output does not exist yet (all of them unless continuing)."""
+    return [item for item in items if not path_of(item).exists()]
+
+
+def _merged(plan: Plan, k: int):
+    """Where split k is merged to before it is published."""
+    return plan.work / "outputs" / plan.split_path(k).name
+
+
+def _merge(plan: Plan, metadata: dict, k: int) -> None:
+    steps.merge(plan, metadata, k, _merged(plan, k))
+
+
+def _run_in_memory(plan: Plan) -> dict:
+    """One part: keep its rows in memory from scan to windows and write the splits directly.
+
+    The input's hash and the splits' files are made in threads (hashing, Arrow and numpy
+    release the GIL), so this uses the machine's cores even without a process pool.
+    """
+    with ThreadPoolExecutor(len(plan.strides)) as threads:
+        input_hash = threads.submit(content_hash, list(plan.files))
+        part = steps.scan(plan, 0, write_rows=False)
+        metadata = steps.reduce(plan, plan.work / "metadata.json", input_hash.result())
+        encoded = steps.encode_part(plan, metadata, part)
+        splits = [
+            threads.submit(
+                steps.write_split, plan, metadata, steps.split_tables(plan, encoded, k), _merged(plan, k)
+            )
+            for k in range(len(plan.strides))
+        ]
+        for split in splits:
+            split.result()
+    return metadata
+
+
+def _init_worker(level: int) -> None:
+    import pyarrow
+
+    pyarrow.set_cpu_count(1)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+class _Runner:
+    """Runs a step over items, in a pool of `n_cores` processes or in this process."""
+
+    def __init__(self, n_cores: int):
+        self.pool = None
+        if n_cores > 1:
+            # Workers fork from a server that has imported the steps once; they start now, in the
+            # background, so their start-up overlaps the partition step.
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["sequifier.preprocess.steps"])
+            self.pool = ProcessPoolExecutor(
+                n_cores, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger().level,)
+            )
+            for _ in range(n_cores):
+                self.pool.submit(abs, 0)
+
+    def map(self, description: str, function, items, *args) -> None:
+        from tqdm import tqdm
+
+        items = list(items)
+        bar = tqdm(total=len(items), desc=description, unit="part", disable=not sys.stderr.isatty())
+        if self.pool is None:
+            for item in items:
+                function(*args, item)
+                bar.update()
+        else:
+            futures = [self.pool.submit(function, *args, item) for item in items]
+            try:
+                for future in futures:
+                    future.result()
+                    bar.update()
+            except BrokenProcessPool:
+                raise ResourceError(
+                    f"a worker process died during {description} (killed, perhaps for lack of memory); "
+                    "rerun with continue_preprocessing: true, and with fewer n_cores or more n_partitions"
+                ) from None
+        bar.close()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(cancel_futures=True)
+
+
+def run(config: dict, source: str = "preprocess config") -> dict:
+    """Preprocess the table of `config` (a resolved preprocess config); returns the metadata."""
+    started = time.perf_counter()
+    plan = make_plan(config, source)
+    _prepare_work(plan)
+    n_splits = len(config["split_ratios"])
+    runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
+    try:
+        if plan.n_parts == 1:
+            metadata = _run_in_memory(plan)
+        else:
+            if plan.partitioned and not plan.part_path(0).parent.is_dir():
+                steps.partition(plan)
+            runner.map("scan", steps.scan, _missing(range(plan.n_parts), plan.scan_path), plan)
+            metadata = steps.reduce(plan, plan.work / "metadata.json")
+            runner.map(
+                "windows", steps.windows, _missing(range(plan.n_parts), plan.windows_path), plan, metadata
+            )
+            runner.map("merge", _merge, _missing(range(n_splits), lambda k: _merged(plan, k)), plan, metadata)
+    except (ConfigError, DataError):  # bad input: nothing to resume
+        runner.close()  # let running workers finish before their folder goes
+        shutil.rmtree(plan.work, ignore_errors=True)
+        raise
+    finally:
+        runner.close()
+    # The metadata is the commit point: an earlier run's goes first and this run's comes last, so
+    # windows are never read with the metadata of other windows.
+    remove(plan.metadata_path)
+    for k in range(n_splits):
+        publish(_merged(plan, k), plan.split_path(k))
+    publish(plan.work / "metadata.json", plan.metadata_path)
+    shutil.rmtree(plan.work, ignore_errors=True)
+    windows = ", ".join(f"{name} {count:,}" for name, count in metadata["n_windows"].items())
+    logger.info(
+        "preprocessed %s rows, %s sequences into windows (%s) in %.1f s; %s; metadata: %s",
+        f"{metadata['n_rows']:,}",
+        f"{metadata['n_sequences']:,}",
+        windows,
+        time.perf_counter() - started,
+        other_summary(metadata),
+        plan.metadata_path,
+    )
+    return metadata
+
+
+def other_summary(metadata: dict) -> str:
+    """What the summary says of values outside the id maps (read as other, id 1)."""
+    found = metadata["other_values"]
+    if not found:
+        return "every categorical value is in its id map"
+    columns = [
+        f"{column} {entry['values']:,} values ({sum(entry['items'].values()):,} items)"
+        for column, entry in found.items()
+    ]
+    return "read as other (not in the id map): " + ", ".join(columns)
