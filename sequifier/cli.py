@@ -169,7 +169,7 @@ def _set_overrides(items: list) -> dict:
 
 
 def _run_preprocess_step(args, config) -> None:
-    from sequifier.data.metadata import load_metadata
+    from sequifier.data.metadata import Metadata
     from sequifier.errors import ConfigError
     from sequifier.preprocess import steps
     from sequifier.preprocess.plan import make_plan
@@ -185,9 +185,9 @@ def _run_preprocess_step(args, config) -> None:
     elif args.step == "reduce":
         steps.reduce(plan, plan.metadata_path)
     elif args.step == "windows":
-        steps.windows(plan, load_metadata(plan.metadata_path), args.part)
+        steps.windows(plan, Metadata.load(plan.metadata_path), args.part)
     else:
-        steps.merge(plan, load_metadata(plan.metadata_path), args.split, plan.split_path(args.split))
+        steps.merge(plan, Metadata.load(plan.metadata_path), args.split, plan.split_path(args.split))
 
 
 def _dispatch(args) -> None:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sequifier.data.columns import POSITION, SEQUENCE
 from sequifier.errors import SequifierError
 from sequifier.files import atomic_path
 
@@ -34,8 +35,8 @@ def example_table(n_sequences: int = 200, seed: int = 7):
         frames.append(
             pd.DataFrame(
                 {
-                    "sequenceId": sequence,
-                    "itemPosition": np.arange(length),
+                    SEQUENCE: sequence,
+                    POSITION: np.arange(length),
                     "itemId": np.asarray(EXAMPLE_STATES)[states],
                     "price": np.round(price, 2),
                 }

@@ -42,7 +42,7 @@ def test_every_format_gives_the_same_windows(windows_by_format):
     assert (
         reference.tensors["item"].dtype == torch.int32 and reference.tensors["price"].dtype == torch.float32
     )
-    assert len(reference) == plan.metadata["n_windows"]["train"]
+    assert len(reference) == plan.metadata.n_windows["train"]
     for _, windows in others:
         assert windows.tensors.keys() == reference.tensors.keys()
         for key, tensor in reference.tensors.items():

@@ -156,7 +156,7 @@ def test_baselines_and_their_rows(project):
     )
 
 
-def test_data_of_an_earlier_version_is_refused_with_advice(project):
+def test_data_of_another_version_is_refused_with_advice(project):
     import json
 
     import pyarrow.parquet as pq
@@ -175,6 +175,14 @@ def test_data_of_an_earlier_version_is_refused_with_advice(project):
     path.write_text(json.dumps({**json.loads(path.read_text()), "format": "sequifier-metadata/1"}))
     with pytest.raises(DataError, match="format sequifier-metadata/1, written by an earlier version"):
         train(project, "old")
+
+    path.write_text(json.dumps({**json.loads(path.read_text()), "format": "sequifier-metadata/3"}))
+    with pytest.raises(DataError, match="format sequifier-metadata/3, written by a newer version .* upgrade"):
+        train(project, "newer")
+    incomplete = {k: v for k, v in json.loads(path.read_text()).items() if k != "id_maps"}
+    path.write_text(json.dumps({**incomplete, "format": "sequifier-metadata/2"}))
+    with pytest.raises(DataError, match="table.json: the metadata lacks id_maps"):
+        train(project, "incomplete")
 
 
 @pytest.mark.parametrize("in_ram", [True, False])

@@ -1,5 +1,6 @@
 """`sequifier infer`: every output's format and values, checked against the model run by hand."""
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -378,13 +379,18 @@ def test_map_to_id_false_writes_the_ids(trained):
 
 
 def test_a_precomputed_id_map_with_gaps_has_a_class_per_value():
+    from sequifier.data.metadata import Metadata
     from sequifier.infer.decode import OutputDecoder
 
-    metadata = {
-        "id_maps": {"item": {"a": 3, "b": 6}},
-        "n_classes": {"item": 7},
-        "column_dtypes": {"item": "string"},
-    }
+    blank = {field.name: None for field in dataclasses.fields(Metadata)}
+    metadata = Metadata(
+        **blank
+        | {
+            "id_maps": {"item": {"a": 3, "b": 6}},
+            "n_classes": {"item": 7},
+            "column_dtypes": {"item": "string"},
+        }
+    )
     decoder = OutputDecoder(metadata, map_to_id=True)
     assert decoder.class_names("item") == ["a", "b"]
     logits = np.array([[9.0, 9.0, 9.0, 1.0, 9.0, 9.0, 2.0], [0.0, 0.0, 0.0, 3.0, 0.0, 0.0, 1.0]])

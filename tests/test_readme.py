@@ -1,14 +1,16 @@
 """The README's set-up and reference stay true."""
 
 import csv
+import importlib
 import importlib.util
 import os
+import re
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, run_cli
+from conftest import REPO, made_project, run_cli
 
 
 def reference_tool():
@@ -73,3 +75,28 @@ def test_the_walkthrough_runs_as_written(tmp_path):
     assert (outputs / "predictions/sequifier-default-best-predictions.csv").is_file()
     with open(outputs / "hyperparameter-search/example/leaderboard.csv") as handle:
         assert [row["status"] for row in csv.DictReader(handle)] == ["done"] * 4
+
+
+def python_blocks() -> list[str]:
+    """The README's Python examples (```python blocks)."""
+    return re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), re.S)
+
+
+def test_the_python_examples_run(tmp_path):
+    """Each Python example, as a script in the walkthrough's project."""
+    project = made_project(tmp_path)
+    assert python_blocks(), "the README has Python examples"
+    for i, code in enumerate(python_blocks()):
+        script = project / f"example_{i}.py"
+        script.write_text(code)
+        result = subprocess.run([sys.executable, script.name], cwd=project, capture_output=True, text=True)
+        assert result.returncode == 0, f"example {i}:\n{code}\n{result.stderr[-3000:]}"
+
+
+def test_the_python_functions_the_readme_names_exist():
+    """`sequifier.x.y(...)` in the text: importable and callable."""
+    names = set(re.findall(r"`(sequifier(?:\.\w+)+)\(", (REPO / "README.md").read_text()))
+    assert {"sequifier.train.run", "sequifier.infer.run", "sequifier.model.export.load_bundle"} <= names
+    for name in names:
+        module, _, attribute = name.rpartition(".")
+        assert callable(getattr(importlib.import_module(module), attribute)), name

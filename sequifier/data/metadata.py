@@ -1,16 +1,22 @@
-"""The metadata file that preprocess writes and train and infer read.
+"""The metadata file that preprocess writes and train and infer read, as a typed `Metadata`.
 
 It holds everything data-dependent that later stages need: columns and their types, id maps,
 class counts, real-column statistics, the window length, the splits and their paths (relative
 to the project root), row and window counts, the preprocess config and a hash of the input.
+The file is JSON with a `format` key; `Metadata.load` checks it and names what is wrong with a
+file of another version. Checkpoints and exported models carry the same content as a dict
+(`to_dict`).
 """
 
+import re
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from sequifier.errors import DataError
-from sequifier.files import read_json
+from sequifier.files import read_json, write_json
 
 FORMAT = "sequifier-metadata/2"
+VERSION = re.compile(r"^sequifier-metadata/(\d+)$")
 EARLIER_FORMATS = {
     "sequifier-metadata/1": "its windows do not say which items are context from earlier splits, and its "
     "id maps and statistics were fitted on every split",
@@ -22,23 +28,95 @@ def split_names(n_splits: int) -> list[str]:
     return SPLIT_NAMES.get(n_splits, [f"split{k}" for k in range(n_splits)])
 
 
-def load_metadata(path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: metadata file not found; run `sequifier preprocess` first")
-    try:
-        metadata = read_json(path)
-    except ValueError as error:
-        raise DataError(f"{path}: not a valid metadata file: {error}") from None
-    found = metadata.get("format") if isinstance(metadata, dict) else None
-    if found in EARLIER_FORMATS:
-        raise DataError(
-            f"{path}: metadata of format {found}, written by an earlier version of sequifier "
-            f"({EARLIER_FORMATS[found]}); run `sequifier preprocess` again"
-        )
-    if found != FORMAT:
-        raise DataError(f"{path}: not a sequifier metadata file (expected format {FORMAT}, found {found!r})")
-    return metadata
+@dataclass(frozen=True)
+class Metadata:
+    """What preprocessing fixed about the data. Per-column entries are keyed by column name."""
+
+    sequifier_version: str  # of the preprocess run that wrote it
+    data_path: str  # the input table, relative to the project root
+    input_hash: str  # blake2b over the input files' bytes
+    columns: list  # the feature columns, in input order
+    column_types: dict  # "categorical" or "real"
+    column_dtypes: dict  # how values are kept: "int64" or "string" (categorical), "double" (real)
+    categorical_columns: list
+    real_columns: list
+    id_maps: dict  # categorical: {value as text: id}; ids from 3 up (0-2 reserved)
+    n_classes: dict  # categorical: the highest id + 1 (the size of an embedding or a head)
+    selected_columns_statistics: dict  # real: {"mean", "std"} the values are standardized with
+    normalize_real_columns: bool  # whether real values are standardized in the windows
+    fit_on_all_splits: bool  # whether id maps and statistics were fitted on all splits (else training)
+    training_class_counts: dict  # categorical: items of the training split per id
+    training_statistics: dict  # real: {"mean", "std"} over the training split's items
+    other_values: dict  # categorical columns with values outside the id map: how many, of which split
+    seq_length: int  # W: a window holds W + 1 items
+    split_method: str
+    split_ratios: list
+    split_names: list
+    split_paths: list  # the windows of each split, relative to the project root
+    write_format: str  # parquet, csv or pt
+    merge_output: bool  # one file per split, or a folder of shards
+    n_rows: int
+    n_sequences: int
+    n_items: dict  # per split name
+    n_windows: dict  # per split name
+    preprocess_config: dict  # the config, without the keys that change how, not what, is computed
+
+    def to_dict(self) -> dict:
+        """The content as the file holds it (and checkpoints and exported models carry it)."""
+        return {"format": FORMAT, **asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data, source: str) -> "Metadata":
+        """Metadata from the content of a file (or a model's copy); `source` names it in errors."""
+        found = data.get("format") if isinstance(data, dict) else None
+        if found in EARLIER_FORMATS:
+            raise DataError(
+                f"{source}: metadata of format {found}, written by an earlier version of sequifier "
+                f"({EARLIER_FORMATS[found]}); run `sequifier preprocess` again"
+            )
+        newer = VERSION.match(found) if isinstance(found, str) else None
+        if newer and int(newer.group(1)) > int(VERSION.match(FORMAT).group(1)):
+            raise DataError(
+                f"{source}: metadata of format {found}, written by a newer version of sequifier "
+                f"({data.get('sequifier_version', 'unknown')}); this version reads {FORMAT}: upgrade "
+                "sequifier, or preprocess again with this version"
+            )
+        if found != FORMAT:
+            raise DataError(
+                f"{source}: not a sequifier metadata file (expected format {FORMAT}, found {found!r})"
+            )
+        names = [field.name for field in fields(cls)]
+        missing = [name for name in names if name not in data]
+        if missing:
+            raise DataError(
+                f"{source}: the metadata lacks {', '.join(missing)}; run `sequifier preprocess` again"
+            )
+        return cls(**{name: data[name] for name in names})
+
+    @classmethod
+    def load(cls, path) -> "Metadata":
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: metadata file not found; run `sequifier preprocess` first")
+        try:
+            data = read_json(path)
+        except ValueError as error:
+            raise DataError(f"{path}: not a valid metadata file: {error}") from None
+        return cls.from_dict(data, str(path))
+
+    def save(self, path) -> None:
+        write_json(path, self.to_dict())
+
+    def id_map(self, column: str) -> dict:
+        """{value: id} of a categorical column, the values in their own type (int or str)."""
+        return id_map_from_json(self.id_maps[column], self.column_dtypes[column])
+
+    def scale(self, column: str) -> tuple[float, float]:
+        """(mean, std) a real column's values are standardized with in the windows; (0, 1) when not."""
+        if not self.normalize_real_columns:
+            return 0.0, 1.0
+        stats = self.selected_columns_statistics[column]
+        return stats["mean"], stats["std"] if stats["std"] > 0 else 1.0
 
 
 def input_name(data_path: Path) -> str:

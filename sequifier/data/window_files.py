@@ -44,13 +44,13 @@ def value_columns(seq_length: int) -> list[str]:
     return [str(i) for i in range(seq_length, -1, -1)]
 
 
-def value_type(metadata: dict) -> pa.DataType:
-    """One type for the value columns: int32 for ids only, else a float that holds ids exactly."""
-    kinds = metadata["column_types"]
-    if all(kind == "categorical" for kind in kinds.values()):
+def value_type(metadata) -> pa.DataType:
+    """One type for the value columns (of a `Metadata`'s data): int32 for ids only, else a float
+    that holds ids exactly."""
+    if not metadata.real_columns:
         return pa.int32()
-    ids_fit = max(metadata["n_classes"].values(), default=0) <= FLOAT32_EXACT_IDS
-    return pa.float32() if metadata["normalize_real_columns"] and ids_fit else pa.float64()
+    ids_fit = max(metadata.n_classes.values(), default=0) <= FLOAT32_EXACT_IDS
+    return pa.float32() if metadata.normalize_real_columns and ids_fit else pa.float64()
 
 
 def value_matrix(encoded: dict, dtype: pa.DataType) -> np.ndarray:

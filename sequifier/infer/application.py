@@ -40,13 +40,13 @@ class Application:
         self.inputs = [name for name, *_ in args.input_columns]
         self.kinds = {name: kind for name, kind, _ in args.target_columns}
         self.translate = DataTranslator(
-            self.setup.data_metadata, description["metadata"], self.inputs, str(self.setup.data_path)
+            self.setup.data_metadata, self.setup.model_metadata, self.inputs, str(self.setup.data_path)
         )
-        self.decoder = OutputDecoder(description["metadata"], config["map_to_id"])
+        self.decoder = OutputDecoder(self.setup.model_metadata, config["map_to_id"])
         self.generator = np.random.default_rng(config["seed"])
         if isinstance(self.predictor, TorchPredictor):
             torch.manual_seed(config["seed"])  # Monte-Carlo dropout
-        self.width = self.setup.data_metadata["seq_length"]  # items before the last in a stored window
+        self.width = self.setup.data_metadata.seq_length  # items before the last in a stored window
 
     def outputs(self) -> list:
         """(name, folder, suffix, columns) of every output this model writes."""

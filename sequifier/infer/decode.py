@@ -11,50 +11,44 @@ import logging
 import numpy as np
 
 from sequifier.data.columns import OTHER_ID
-from sequifier.data.metadata import id_map_from_json
+from sequifier.data.metadata import Metadata
 
 log = logging.getLogger(__name__)
 
 
-def _values_by_id(metadata: dict, column: str) -> np.ndarray:
+def _values_by_id(metadata: Metadata, column: str) -> np.ndarray:
     """Array indexed by id holding the value of that id (reserved ids hold None)."""
-    id_map = id_map_from_json(metadata["id_maps"][column], metadata["column_dtypes"][column])
-    values = np.full(metadata["n_classes"][column], None, dtype=object)
+    id_map = metadata.id_map(column)
+    values = np.full(metadata.n_classes[column], None, dtype=object)
     for value, index in id_map.items():
         values[index] = value
     return values
 
 
-def _scale(metadata: dict, column: str) -> tuple[float, float]:
-    """(mean, std) that the metadata's real column was standardized with; (0, 1) when not."""
-    if not metadata["normalize_real_columns"]:
-        return 0.0, 1.0
-    stats = metadata["selected_columns_statistics"][column]
-    return stats["mean"], stats["std"] if stats["std"] > 0 else 1.0
-
-
 class DataTranslator:
     """The data's encoding -> the model's, per input column; an identity where they agree."""
 
-    def __init__(self, data_metadata: dict, model_metadata: dict, columns: list, source: str):
+    def __init__(self, data_metadata: Metadata, model_metadata: Metadata, columns: list, source: str):
         self.lookups, self.affine = {}, {}
         for column in columns:
-            if data_metadata["column_types"][column] == "categorical":
+            if data_metadata.column_types[column] == "categorical":
                 self._categorical(data_metadata, model_metadata, column, source)
-            elif _scale(data_metadata, column) != _scale(model_metadata, column):
+            elif data_metadata.scale(column) != model_metadata.scale(column):
                 (data_mean, data_std), (model_mean, model_std) = (
-                    _scale(data_metadata, column),
-                    _scale(model_metadata, column),
+                    data_metadata.scale(column),
+                    model_metadata.scale(column),
                 )
                 self.affine[column] = (data_std / model_std, (data_mean - model_mean) / model_std)
 
-    def _categorical(self, data_metadata: dict, model_metadata: dict, column: str, source: str) -> None:
-        if data_metadata["id_maps"][column] == model_metadata["id_maps"][column]:
+    def _categorical(
+        self, data_metadata: Metadata, model_metadata: Metadata, column: str, source: str
+    ) -> None:
+        if data_metadata.id_maps[column] == model_metadata.id_maps[column]:
             return
-        model_ids = model_metadata["id_maps"][column]  # JSON keys: values as strings, on both sides
-        lookup = np.arange(data_metadata["n_classes"][column], dtype=np.int64)  # reserved ids stay
+        model_ids = model_metadata.id_maps[column]  # JSON keys: values as strings, on both sides
+        lookup = np.arange(data_metadata.n_classes[column], dtype=np.int64)  # reserved ids stay
         unseen = []
-        for key, data_id in data_metadata["id_maps"][column].items():
+        for key, data_id in data_metadata.id_maps[column].items():
             lookup[data_id] = model_ids.get(key, OTHER_ID)
             if key not in model_ids:
                 unseen.append(key)
@@ -64,7 +58,7 @@ class DataTranslator:
                 "(id %d), e.g. %s",
                 column, len(unseen), source, OTHER_ID, ", ".join(unseen[:5]),
             )  # fmt: skip
-        other = data_metadata.get("other_values", {}).get(column)
+        other = data_metadata.other_values.get(column)
         if other:
             log.warning(
                 "column '%s': %d values of %s were read as 'other' (id %d) when it was preprocessed, since "
@@ -92,7 +86,7 @@ class DataTranslator:
 class OutputDecoder:
     """Model outputs -> what the user reads: class probabilities over the ordinary ids, values."""
 
-    def __init__(self, model_metadata: dict, map_to_id: bool):
+    def __init__(self, model_metadata: Metadata, map_to_id: bool):
         self.metadata, self.map_to_id = model_metadata, map_to_id
         self._values, self._classes = {}, {}
 
@@ -101,7 +95,7 @@ class OutputDecoder:
         leave gaps, which are no class)."""
         if column not in self._classes:
             self._classes[column] = np.sort(
-                np.fromiter(self.metadata["id_maps"][column].values(), dtype=np.int64)
+                np.fromiter(self.metadata.id_maps[column].values(), dtype=np.int64)
             )
         return self._classes[column]
 
@@ -134,10 +128,10 @@ class OutputDecoder:
         if not self.map_to_id:
             return ids
         values = self.values_by_id(column)[ids]
-        return values.astype(np.int64) if self.metadata["column_dtypes"][column] == "int64" else values
+        return values.astype(np.int64) if self.metadata.column_dtypes[column] == "int64" else values
 
     def real(self, column: str, values: np.ndarray) -> np.ndarray:
-        mean, std = _scale(self.metadata, column)
+        mean, std = self.metadata.scale(column)
         return values.astype(np.float64) * std + mean
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sequifier import config as stage_config
-from sequifier.data.metadata import load_metadata
+from sequifier.data.metadata import Metadata
 from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.model.export import find_export
@@ -38,7 +38,8 @@ class ModelSetup:
 
     base: str
     data_path: Path
-    data_metadata: dict
+    data_metadata: Metadata
+    model_metadata: Metadata  # the metadata the model was trained with
     windows: WindowSource
     targets: list
     probabilities: list  # categorical targets whose probabilities are written
@@ -94,7 +95,7 @@ def output_base(model_path: Path) -> str:
     return match.group("base") if match else Path(model_path).stem
 
 
-def _check_columns(plan: InferPlan, args, data_metadata: dict, metadata_name: str) -> None:
+def _check_columns(plan: InferPlan, args, data_metadata: Metadata, metadata_name: str) -> None:
     config = plan.config
     inputs = [(name, kind) for name, kind, *_ in args.input_columns]
     names = [name for name, _ in inputs]
@@ -102,7 +103,7 @@ def _check_columns(plan: InferPlan, args, data_metadata: dict, metadata_name: st
         plan.fail(f"input_columns: {config['input_columns']}, but the model reads {names}")
     if config["seq_length"] is not None and config["seq_length"] != args.seq_length:
         plan.fail(f"seq_length: {config['seq_length']}, but the model reads {args.seq_length} items")
-    kinds = data_metadata["column_types"]
+    kinds = data_metadata.column_types
     for name, kind in inputs:
         if name not in kinds:
             plan.fail(
@@ -111,10 +112,10 @@ def _check_columns(plan: InferPlan, args, data_metadata: dict, metadata_name: st
             )
         if kinds[name] != kind:
             plan.fail(f"column '{name}' is {kinds[name]} in the data ({metadata_name}), {kind} in the model")
-    if args.seq_length > data_metadata["seq_length"]:
+    if args.seq_length > data_metadata.seq_length:
         plan.fail(
             f"the model reads {args.seq_length} items, but the windows of {metadata_name} hold "
-            f"{data_metadata['seq_length']}; preprocess with seq_length >= {args.seq_length}"
+            f"{data_metadata.seq_length}; preprocess with seq_length >= {args.seq_length}"
         )
 
 
@@ -170,21 +171,29 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
             f"infer_with_dropout: true, but {model_path} was exported without dropout; "
             "use the pt model, or train with export_with_dropout: true"
         )
+    model_metadata = Metadata.from_dict(description["metadata"], f"the metadata of {model_path}")
     if config["metadata_config_path"]:
         metadata_path = plan.root / config["metadata_config_path"]
-        data_metadata, metadata_name = load_metadata(metadata_path), str(metadata_path)
+        data_metadata, metadata_name = Metadata.load(metadata_path), str(metadata_path)
     else:
-        data_metadata, metadata_name = description["metadata"], f"the metadata of {model_path}"
+        data_metadata, metadata_name = model_metadata, f"the metadata of {model_path}"
     _check_columns(plan, args, data_metadata, metadata_name)
     targets, probabilities, sampled = (
         _targets(plan, args) if config["model_type"] == "generative" else ([], [], [])
     )
-    data_path = plan.root / (config["data_path"] or data_metadata["split_paths"][-1])
+    data_path = plan.root / (config["data_path"] or data_metadata.split_paths[-1])
     windows = WindowSource(
-        data_path, config["read_format"] or data_metadata["write_format"], tuple(data_metadata["columns"]),
-        data_metadata["column_types"], data_metadata["n_classes"],
-        tuple(name for name, *_ in args.input_columns), args.seq_length, data_metadata["seq_length"],
+        data_path, config["read_format"] or data_metadata.write_format, tuple(data_metadata.columns),
+        data_metadata.column_types, data_metadata.n_classes,
+        tuple(name for name, *_ in args.input_columns), args.seq_length, data_metadata.seq_length,
     )  # fmt: skip
     return ModelSetup(
-        output_base(model_path), data_path, data_metadata, windows, targets, probabilities, sampled
+        output_base(model_path),
+        data_path,
+        data_metadata,
+        model_metadata,
+        windows,
+        targets,
+        probabilities,
+        sampled,
     )

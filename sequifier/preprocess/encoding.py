@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sequifier.data.columns import FIRST_ID, MASK_ID, OTHER_ID, PADDING_ID
-from sequifier.data.metadata import id_map_from_json
+from sequifier.data.metadata import Metadata
 from sequifier.errors import DataError
 
 
@@ -102,14 +102,13 @@ def combine_moments(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> tu
 class ColumnEncoder:
     """Encodes the values of the columns of a table with the id maps and statistics of a metadata."""
 
-    def __init__(self, metadata: dict):
-        self.kinds = metadata["column_types"]
-        self.normalize = metadata["normalize_real_columns"]
-        self.statistics = metadata["selected_columns_statistics"]
+    def __init__(self, metadata: Metadata):
+        self.kinds = metadata.column_types
+        self.scale = metadata.scale
         self._lookups = {}
-        for column, raw in metadata["id_maps"].items():
-            dtype = metadata["column_dtypes"][column]
-            id_map = id_map_from_json(raw, dtype)
+        for column in metadata.id_maps:
+            dtype = metadata.column_dtypes[column]
+            id_map = metadata.id_map(column)
             keys = pa.array(list(id_map), type=pa.int64() if dtype == "int64" else pa.string())
             self._lookups[column] = (keys, np.fromiter(id_map.values(), dtype=np.int64, count=len(id_map)))
 
@@ -119,11 +118,8 @@ class ColumnEncoder:
             if isinstance(values, (pa.Array, pa.ChunkedArray)):
                 values = values.to_numpy()
             values = np.asarray(values, dtype=np.float64)
-            if not self.normalize:
-                return values, 0
-            stats = self.statistics[column]
-            std = stats["std"] if stats["std"] > 0 else 1.0
-            return (values - stats["mean"]) / std, 0
+            mean, std = self.scale(column)
+            return (values if (mean, std) == (0.0, 1.0) else (values - mean) / std), 0
         keys, ids = self._lookups[column]
         index = pc.index_in(values, value_set=keys).fill_null(-1).to_numpy()
         unknown = index < 0

@@ -14,6 +14,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
+from sequifier.data.metadata import Metadata
 from sequifier.errors import ConfigError, DataError, ResourceError
 from sequifier.files import publish, read_json, remove, write_json
 from sequifier.preprocess import steps
@@ -59,11 +60,11 @@ def _merged(plan: Plan, k: int):
     return plan.work / "outputs" / plan.split_path(k).name
 
 
-def _merge(plan: Plan, metadata: dict, k: int) -> None:
+def _merge(plan: Plan, metadata: Metadata, k: int) -> None:
     steps.merge(plan, metadata, k, _merged(plan, k))
 
 
-def _run_in_memory(plan: Plan) -> dict:
+def _run_in_memory(plan: Plan) -> Metadata:
     """One part: keep its rows in memory from scan to windows and write the splits directly.
 
     The input's hash and the splits' files are made in threads (hashing, Arrow and numpy
@@ -136,7 +137,8 @@ class _Runner:
 
 
 def run(config: dict, source: str = "preprocess config") -> dict:
-    """Preprocess the table of `config` (a resolved preprocess config); returns the metadata."""
+    """Preprocess the table of `config` (a resolved preprocess config); returns the metadata as the
+    file holds it (a dict)."""
     started = time.perf_counter()
     plan = make_plan(config, source)
     _prepare_work(plan)
@@ -167,22 +169,22 @@ def run(config: dict, source: str = "preprocess config") -> dict:
         publish(_merged(plan, k), plan.split_path(k))
     publish(plan.work / "metadata.json", plan.metadata_path)
     shutil.rmtree(plan.work, ignore_errors=True)
-    windows = ", ".join(f"{name} {count:,}" for name, count in metadata["n_windows"].items())
+    windows = ", ".join(f"{name} {count:,}" for name, count in metadata.n_windows.items())
     logger.info(
         "preprocessed %s rows, %s sequences into windows (%s) in %.1f s; %s; metadata: %s",
-        f"{metadata['n_rows']:,}",
-        f"{metadata['n_sequences']:,}",
+        f"{metadata.n_rows:,}",
+        f"{metadata.n_sequences:,}",
         windows,
         time.perf_counter() - started,
         other_summary(metadata),
         plan.metadata_path,
     )
-    return metadata
+    return metadata.to_dict()
 
 
-def other_summary(metadata: dict) -> str:
+def other_summary(metadata: Metadata) -> str:
     """What the summary says of values outside the id maps (read as other, id 1)."""
-    found = metadata["other_values"]
+    found = metadata.other_values
     if not found:
         return "every categorical value is in its id map"
     columns = [

@@ -16,9 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sequifier import __version__
-from sequifier.data import metadata as meta
 from sequifier.data.columns import FIRST_ID, OTHER_ID, POSITION, SEQUENCE
-from sequifier.data.metadata import id_map_to_json
+from sequifier.data.metadata import Metadata, id_map_to_json, split_names
 from sequifier.data.streams import prefetched
 from sequifier.data.window_files import value_matrix, value_type, window_table, write_windows
 from sequifier.data.windows import UnevenStride, split_bounds, window_counts, windows_of_split
@@ -237,7 +236,7 @@ def _check_sequences_unique(plan: Plan, sequences: pa.Table, part_sizes: list) -
         )
 
 
-def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> dict:
+def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> Metadata:
     """Merge the scans into id maps and statistics; write the metadata (hashing the input unless
     its hash is given)."""
     config = plan.config
@@ -248,7 +247,7 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> di
         raise DataError(f"{plan.root / config['data_path']}: the table has no rows")
     if config["process_by_file"]:
         _check_sequences_unique(plan, sequences, [s["sequences"] for s in scans])
-    names = meta.split_names(len(config["split_ratios"]))
+    names = split_names(len(config["split_ratios"]))
     n_items = np.sum([s["items"] for s in scans], axis=0).tolist()
     if n_items[0] == 0:
         raise DataError(
@@ -260,38 +259,37 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> di
         for c in plan.columns.categorical()
     }
     id_maps = _id_maps(plan, counts)
-    metadata = {
-        "format": meta.FORMAT,
-        "sequifier_version": __version__,
-        "data_path": config["data_path"],
-        "input_hash": input_hash or content_hash(list(plan.files)),
-        "columns": list(plan.columns.features),
-        "column_types": dict(plan.columns.kinds),
-        "column_dtypes": {c: str(plan.columns.schema.field(c).type) for c in plan.columns.features},
-        "categorical_columns": plan.columns.categorical(),
-        "real_columns": plan.columns.real(),
-        "id_maps": {c: id_map_to_json(m) for c, m in id_maps.items()},
-        "n_classes": {c: max(m.values(), default=FIRST_ID - 1) + 1 for c, m in id_maps.items()},
-        "selected_columns_statistics": _statistics(plan, sequences, config["fit_on_all_splits"]),
-        "normalize_real_columns": config["normalize_real_columns"],
-        "fit_on_all_splits": config["fit_on_all_splits"],
-        "training_class_counts": _training_counts(counts, id_maps),
-        "training_statistics": _statistics(plan, sequences, False),
-        "other_values": _other_values(plan, counts, id_maps, names),
-        "seq_length": config["seq_length"],
-        "split_method": config["split_method"],
-        "split_ratios": config["split_ratios"],
-        "split_names": names,
-        "split_paths": [os.path.relpath(plan.split_path(k), plan.root) for k in range(len(names))],
-        "write_format": config["write_format"],
-        "merge_output": plan.merged,
-        "n_rows": n_rows,
-        "n_sequences": sum(s["sequences"] for s in scans),
-        "n_items": dict(zip(names, n_items)),
-        "n_windows": dict(zip(names, np.sum([s["windows"] for s in scans], axis=0).tolist())),
-        "preprocess_config": recorded_config(config),
-    }
-    write_json(metadata_path, metadata)
+    metadata = Metadata(
+        sequifier_version=__version__,
+        data_path=config["data_path"],
+        input_hash=input_hash or content_hash(list(plan.files)),
+        columns=list(plan.columns.features),
+        column_types=dict(plan.columns.kinds),
+        column_dtypes={c: str(plan.columns.schema.field(c).type) for c in plan.columns.features},
+        categorical_columns=plan.columns.categorical(),
+        real_columns=plan.columns.real(),
+        id_maps={c: id_map_to_json(m) for c, m in id_maps.items()},
+        n_classes={c: max(m.values(), default=FIRST_ID - 1) + 1 for c, m in id_maps.items()},
+        selected_columns_statistics=_statistics(plan, sequences, config["fit_on_all_splits"]),
+        normalize_real_columns=config["normalize_real_columns"],
+        fit_on_all_splits=config["fit_on_all_splits"],
+        training_class_counts=_training_counts(counts, id_maps),
+        training_statistics=_statistics(plan, sequences, False),
+        other_values=_other_values(plan, counts, id_maps, names),
+        seq_length=config["seq_length"],
+        split_method=config["split_method"],
+        split_ratios=config["split_ratios"],
+        split_names=names,
+        split_paths=[os.path.relpath(plan.split_path(k), plan.root) for k in range(len(names))],
+        write_format=config["write_format"],
+        merge_output=plan.merged,
+        n_rows=n_rows,
+        n_sequences=sum(s["sequences"] for s in scans),
+        n_items=dict(zip(names, n_items)),
+        n_windows=dict(zip(names, np.sum([s["windows"] for s in scans], axis=0).tolist())),
+        preprocess_config=recorded_config(config),
+    )
+    metadata.save(metadata_path)
     return metadata
 
 
@@ -309,7 +307,7 @@ class EncodedPart:
     bounds: np.ndarray  # split bounds per sequence
 
 
-def encode_part(plan: Plan, metadata: dict, part: Part) -> EncodedPart:
+def encode_part(plan: Plan, metadata: Metadata, part: Part) -> EncodedPart:
     encoder = encoding.ColumnEncoder(metadata)
     encoded = {c: encoder.encode(c, part.table.column(c))[0] for c in plan.columns.features}
     return EncodedPart(
@@ -332,7 +330,7 @@ def split_tables(plan: Plan, part: EncodedPart, k: int):
         yield window_table(part.ids, part.positions, part.starts, part.matrix, names, chunk, seq_length)
 
 
-def windows(plan: Plan, metadata: dict, p: int) -> None:
+def windows(plan: Plan, metadata: Metadata, p: int) -> None:
     """Encode a part and cut it into the windows of every split (Arrow IPC, one file per split)."""
     part = encode_part(plan, metadata, load_sorted_part(plan, p))
     with atomic_path(plan.windows_path(p)) as tmp:
@@ -341,7 +339,7 @@ def windows(plan: Plan, metadata: dict, p: int) -> None:
             write_ipc(tmp / f"split{k}.arrow", split_tables(plan, part, k))
 
 
-def write_split(plan: Plan, metadata: dict, tables, target: Path) -> None:
+def write_split(plan: Plan, metadata: Metadata, tables, target: Path) -> None:
     """Write the window tables of one split as its output file or folder of shards."""
     with atomic_path(target) as tmp:
         write_windows(
@@ -350,12 +348,12 @@ def write_split(plan: Plan, metadata: dict, tables, target: Path) -> None:
             plan.config["write_format"],
             plan.merged,
             list(plan.columns.features),
-            metadata["column_types"],
+            metadata.column_types,
             plan.config["batches_per_file"],
         )
 
 
-def merge(plan: Plan, metadata: dict, k: int, target: Path) -> None:
+def merge(plan: Plan, metadata: Metadata, k: int, target: Path) -> None:
     """Concatenate split k of every part, in order, into its output file or folder of shards."""
     tables = (t for p in range(plan.n_parts) for t in read_ipc(plan.windows_path(p) / f"split{k}.arrow"))
     write_split(plan, metadata, tables, target)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from sequifier.data.columns import FIRST_ID, OTHER_ID
+from sequifier.data.metadata import Metadata
 from sequifier.train import distributed
 from sequifier.train.objective import REAL_LOSSES, Objective, model_inputs
 
@@ -92,7 +93,7 @@ class Evaluator:
         }
 
     @torch.no_grad()
-    def baselines(self, metadata: dict) -> dict:
+    def baselines(self, metadata: Metadata) -> dict:
         """{baseline: {"loss", "losses", "accuracy"}}; a loss a baseline does not have is NaN (the
         last value's cross-entropy: a certain prediction that is wrong costs infinitely much)."""
         priors = self._priors(metadata)
@@ -142,23 +143,21 @@ class Evaluator:
         accuracy = {n: pick([f["accuracy"][n] for f in found.values()], max) for n in self.categorical}
         return {"loss": weighted_total(self.weights, losses), "losses": losses, "accuracy": accuracy}
 
-    def _priors(self, metadata: dict) -> dict:
+    def _priors(self, metadata: Metadata) -> dict:
         """Per target, what the training split alone predicts: log class frequencies (add-one
         smoothed over the classes that can occur, so that a class unseen in training is not
         infinitely unlikely), or the training mean in the model's scale."""
         priors = {}
         for name in self.targets:
             if name in self.categorical:
-                counts = np.asarray(metadata["training_class_counts"][name], dtype=np.float64)
+                counts = np.asarray(metadata.training_class_counts[name], dtype=np.float64)
                 possible = np.zeros_like(counts)
-                possible[[OTHER_ID, *metadata["id_maps"][name].values()]] = 1  # not padding, not mask
+                possible[[OTHER_ID, *metadata.id_maps[name].values()]] = 1  # not padding, not mask
                 smoothed = (counts + 1) * possible
                 priors[name] = torch.tensor(np.log(np.maximum(smoothed / smoothed.sum(), 1e-30)))
             else:
-                mean = metadata["training_statistics"][name]["mean"]
-                if metadata["normalize_real_columns"]:
-                    stats = metadata["selected_columns_statistics"][name]
-                    mean = (mean - stats["mean"]) / (stats["std"] if stats["std"] > 0 else 1.0)
+                shift, scale = metadata.scale(name)  # to the model's scale
+                mean = (metadata.training_statistics[name]["mean"] - shift) / scale
                 priors[name] = torch.tensor(mean, dtype=torch.float32)
             priors[name] = priors[name].to(self.device, torch.float32)
         return priors

@@ -3,7 +3,7 @@
 Rows of kind `epoch` (epoch 0: the untrained model, before the first optimizer step) and
 `interval` hold the model's figures; rows of kind `baseline_last_value`,
 `baseline_training_prior` and `baseline_best` (per target the better of the two) the baselines
-of the validation split (see `sequifier.evaluation`), once, in the validation columns.
+of the validation split (see `sequifier.train.evaluation`), once, in the validation columns.
 """
 
 import csv
@@ -66,7 +66,7 @@ def model_row(epoch: int, batch: int, kind: str, train: tuple, validation: dict)
 
 
 def baseline_rows(baselines: dict) -> list:
-    """The rows of the baselines ({baseline: evaluation} of sequifier.evaluation)."""
+    """The rows of the baselines ({baseline: evaluation} of sequifier.train.evaluation)."""
     return [
         {**model_row(0, 0, f"baseline_{kind}", (math.nan, {}), found), "train_loss": None}
         for kind, found in baselines.items()

@@ -2,7 +2,7 @@
 
 `build_optimizer` turns `training_spec.optimizer` into a torch optimizer (a `torch.optim` class or
 AdEMAMix) with weight decay on weight matrices and embeddings only, and reports every bad setting as
-a `ConfigError`. Learning-rate schedules are in `sequifier.schedules`.
+a `ConfigError`. Learning-rate schedules are in `sequifier.train.schedules`.
 """
 
 import difflib

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sequifier import config as stage_config
-from sequifier.data.metadata import load_metadata, metadata_path_of
+from sequifier.data.metadata import Metadata, metadata_path_of
 from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.model.network import ModelArgs
@@ -26,7 +26,7 @@ REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
 class TrainPlan:
     config: dict  # resolved: every derived value filled in
     source: str
-    metadata: dict
+    metadata: Metadata
     metadata_path: Path
     train_path: Path
     validation_path: Path
@@ -55,13 +55,13 @@ class TrainPlan:
         metadata, config = self.metadata, self.config
         keep = tuple(dict.fromkeys([*config["input_columns"], *config["target_columns"]]))
         return WindowSource(
-            path, config["read_format"], tuple(metadata["columns"]), metadata["column_types"],
-            metadata["n_classes"], keep, config["seq_length"], metadata["seq_length"],
+            path, config["read_format"], tuple(metadata.columns), metadata.column_types,
+            metadata.n_classes, keep, config["seq_length"], metadata.seq_length,
         )  # fmt: skip
 
     def model_args(self) -> ModelArgs:
         spec, metadata = self.config["model_spec"], self.metadata
-        kinds, classes = metadata["column_types"], metadata["n_classes"]
+        kinds, classes = metadata.column_types, metadata.n_classes
         widths = spec["feature_embedding_dims"]
         return ModelArgs(
             input_columns=tuple(
@@ -94,8 +94,8 @@ def _find_metadata(config: dict, source: str) -> Path:
     return metadata_path_of(preprocess)
 
 
-def _columns(config: dict, metadata: dict, fail) -> None:
-    columns, kinds = metadata["columns"], metadata["column_types"]
+def _columns(config: dict, metadata: Metadata, fail) -> None:
+    columns, kinds = metadata.columns, metadata.column_types
     inputs = config["input_columns"] or list(columns)
     targets = config["target_columns"] or list(inputs)
     for key, names in (("input_columns", inputs), ("target_columns", targets)):
@@ -155,7 +155,7 @@ def _model_spec(config: dict, fail) -> None:
     spec["feature_embedding_dims"], spec["joint_embedding_dim"] = {c: widths[c] for c in inputs}, joint
 
 
-def _training_spec(config: dict, metadata: dict, fail) -> None:
+def _training_spec(config: dict, metadata: Metadata, fail) -> None:
     spec, kinds = config["training_spec"], config["target_column_types"]
     categorical = [c for c, kind in kinds.items() if kind == "categorical"]
     criteria = {}
@@ -181,10 +181,10 @@ def _training_spec(config: dict, metadata: dict, fail) -> None:
                 f"training_spec.class_weights: '{name}' is not a categorical target "
                 f"({', '.join(categorical)})"
             )
-        if len(weights) != metadata["n_classes"][name]:
+        if len(weights) != metadata.n_classes[name]:
             fail(
                 f"training_spec.class_weights.{name}: {len(weights)} weights; expected one per class id "
-                f"({metadata['n_classes'][name]}, ids 0-2 reserved)"
+                f"({metadata.n_classes[name]}, ids 0-2 reserved)"
             )
     for name in spec["class_share_log_columns"]:
         if name not in categorical:
@@ -202,13 +202,13 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
 
     root = Path(config["project_root"])
     metadata_path = _find_metadata(config, source)
-    metadata = load_metadata(metadata_path)
+    metadata = Metadata.load(metadata_path)
     config["metadata_config_path"] = os.path.relpath(metadata_path, root)  # as every path: relative to root
     _columns(config, metadata, fail)
-    seq_length = config["seq_length"] or metadata["seq_length"]
-    if seq_length > metadata["seq_length"]:
+    seq_length = config["seq_length"] or metadata.seq_length
+    if seq_length > metadata.seq_length:
         fail(
-            f"seq_length: {seq_length} is longer than the preprocessed windows ({metadata['seq_length']} "
+            f"seq_length: {seq_length} is longer than the preprocessed windows ({metadata.seq_length} "
             f"in {metadata_path}); preprocess again with a larger seq_length or train with a smaller one"
         )
     config["seq_length"] = seq_length
@@ -218,17 +218,17 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     config["model_spec"]["prediction_length"] = prediction_length
     _model_spec(config, fail)
     _training_spec(config, metadata, fail)
-    if not metadata["categorical_columns"] and not metadata["normalize_real_columns"]:
+    if not metadata.categorical_columns and not metadata.normalize_real_columns:
         log.warning(
             "only real columns, not normalized: leading slots that are 0.0 in every column count as padding "
             "(no target); preprocess with normalize_real_columns: true or a categorical column to avoid it"
         )
-    paths = metadata["split_paths"]
+    paths = metadata.split_paths
     if len(paths) == 1 and not config["validation_data_path"]:
         log.warning("the data has one split: validating on the training windows (%s)", paths[0])
     config["training_data_path"] = config["training_data_path"] or paths[0]
     config["validation_data_path"] = config["validation_data_path"] or paths[min(1, len(paths) - 1)]
-    config["read_format"] = config["read_format"] or metadata["write_format"]
+    config["read_format"] = config["read_format"] or metadata.write_format
     config["wandb"]["name"] = config["wandb"]["name"] or config["model_name"]
     return TrainPlan(
         config,

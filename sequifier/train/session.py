@@ -43,7 +43,7 @@ def export_run(
     dropout = config["export_with_dropout"]
     for label, model, epoch in (("best", best, best_epoch), ("last", last, last_epoch)):
         for kind in kinds:
-            description = export.describe(model, kind, epoch, config, plan.metadata, dropout)
+            description = export.describe(model, kind, epoch, config, plan.metadata.to_dict(), dropout)
             for suffix in suffixes:
                 path = plan.model_path(label, epoch, kind == "embedding", suffix)
                 if suffix == "pt":

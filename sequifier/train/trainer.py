@@ -95,7 +95,7 @@ class Trainer:
         self.progress = Progress()
         self.wandb_id = None  # the W&B run, continued on resume
         self.validation_seconds = 0.0
-        classes = plan.metadata["n_classes"]
+        classes = plan.metadata.n_classes
         self.evaluator = Evaluator(
             self.validation_data, self.objective, self.config, classes, process, self.device
         )
@@ -110,7 +110,7 @@ class Trainer:
     def resume(self, path: Path) -> None:
         state = checkpoint.load(path)
         changed = checkpoint.config_differences(state["config"], self.config)
-        if state.get("metadata") != self.plan.metadata:
+        if state.get("metadata") != self.plan.metadata.to_dict():
             changed.append(f"the metadata ({self.plan.metadata_path}) is not the one trained with")
         if state["progress"]["batches_done"] and state.get("world") != self.process.world:
             changed.append(f"processes: {state['world']} -> {self.process.world} in the middle of an epoch")
@@ -141,7 +141,7 @@ class Trainer:
             {
                 "model_args": self.model.args.to_dict(),
                 "config": self.config,
-                "metadata": self.plan.metadata,
+                "metadata": self.plan.metadata.to_dict(),
                 "world": self.process.world,
                 "wandb_id": self.wandb_id,
                 "model": self.model.state_dict(),
@@ -255,7 +255,7 @@ class Trainer:
         write_metrics(self.plan.metrics_path, self.columns, p.rows)
         logged = tracked(row)
         for name, found in validation["counts"].items():
-            shares = class_shares(found, self.plan.metadata["id_maps"].get(name, {}))
+            shares = class_shares(found, self.plan.metadata.id_maps.get(name, {}))
             log.info(
                 "predicted class shares of %s: %s",
                 name,
