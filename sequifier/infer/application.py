@@ -15,16 +15,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sequifier.data.columns import SEQUENCE, START, SUBSEQUENCE
+from sequifier.data.columns import SEQUENCE, START
 from sequifier.data.window_files import IDS, PAD, count_windows, read_chunks
-from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
+from sequifier.infer.decode import DataTranslator, OutputDecoder
 from sequifier.infer.generate import Generation
+from sequifier.infer.model_steps import ModelSteps
 from sequifier.infer.plan import make_infer_plan, model_setup
 from sequifier.infer.predictors import TorchPredictor, load_predictor
 from sequifier.infer.sinks import Sink
 
 log = logging.getLogger(__name__)
-POSITION = "itemPosition"
 
 
 class Application:
@@ -47,27 +47,21 @@ class Application:
         if isinstance(self.predictor, TorchPredictor):
             torch.manual_seed(config["seed"])  # Monte-Carlo dropout
         self.width = self.setup.data_metadata.seq_length  # items before the last in a stored window
-
-    def outputs(self) -> list:
-        """(name, folder, suffix, columns) of every output this model writes."""
-        if self.config["model_type"] == "embedding":
-            dims = [str(i) for i in range(self.predictor.args.dim_model)]
-            return [("embeddings", "embeddings", "embeddings", [SEQUENCE, SUBSEQUENCE, POSITION, *dims])]
-        found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *self.setup.targets])]
-        for target in self.setup.probabilities:
-            names = [SEQUENCE, POSITION, *self.decoder.class_names(target)]
-            found.append((f"probabilities of {target}", "probabilities", f"{target}-probabilities", names))
-        return found
+        self.model = ModelSteps(
+            self.predictor, self.setup, self.inputs, self.kinds, self.translate, self.decoder, self.generator,
+            config["inference_batch_size"],
+        )  # fmt: skip
 
     def run(self) -> list:
+        """Write every output of the model over all its windows; returns the files or folders written."""
         files, sharded = self.setup.windows.files(), self.setup.data_path.is_dir()
         total = count_windows(self.setup.windows) if self.setup.windows.fmt == "parquet" else None
-        generation = Generation(self) if self.config["autoregression"] else None
+        generation = self._generation() if self.config["autoregression"] else None
         with contextlib.ExitStack() as stack:
             fmt = self.config["write_format"]
             sinks = {
                 name: Sink(self.setup.output(self.plan, folder, suffix), fmt, columns, sharded, stack)
-                for name, folder, suffix, columns in self.outputs()
+                for name, folder, suffix, columns in self.model.outputs()
             }
             bar = stack.enter_context(
                 tqdm(total=total, desc=self.setup.base, unit="window", disable=None, leave=False)
@@ -87,69 +81,27 @@ class Application:
                 sink.close()
         return [sink.target for sink in sinks.values()]
 
+    def _generation(self) -> Generation:
+        """Autoregression from each sequence's first window (generate.py)."""
+        steps, batch_size = self.config["autoregression_total_steps"], self.config["inference_batch_size"]
+        return Generation(self.model, steps, batch_size, self.width)
+
     @staticmethod
     def _write(sinks: dict, tables: list) -> None:
         for name, columns in tables:
             sinks[name].write(columns)
 
-    def model_inputs(self, chunk: dict, embedding: bool) -> dict:
-        """The S items a window's output is computed from, in the model's encoding."""
-        blocks = {name: chunk[name].numpy() for name in self.inputs}
-        blocks = self.translate(blocks, chunk[PAD].numpy())
-        window = slice(1, None) if embedding else slice(None, -1)
-        return {name: np.ascontiguousarray(block[:, window]) for name, block in blocks.items()}
-
-    def forward(self, inputs: dict):
-        """The predictor over inputs of any length, in batches of inference_batch_size."""
-        size, n = self.config["inference_batch_size"], len(next(iter(inputs.values())))
-        parts = [
-            self.predictor({k: v[start : start + size] for k, v in inputs.items()})
-            for start in range(0, n, size)
-        ]
-        if isinstance(parts[0], np.ndarray):
-            return np.concatenate(parts)
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
-
     def chunk_tables(self, chunk: dict) -> list:
+        """(output name, columns) of every window of a chunk: its prediction, or its embedding."""
         if len(chunk[PAD]) == 0:  # a file without windows: its outputs hold the columns only
             return []
         ids = chunk[IDS]
         positions = ids[START].astype(np.int64) + self.width
-        embedding = self.config["model_type"] == "embedding"
-        outputs = self.forward(self.model_inputs(chunk, embedding))
-        if embedding:
-            columns = {SEQUENCE: ids[SEQUENCE], SUBSEQUENCE: ids[SUBSEQUENCE], POSITION: positions}
-            columns.update({str(i): outputs[:, i] for i in range(outputs.shape[1])})
-            return [("embeddings", columns)]
-        values, probabilities, _ = self.decode(outputs)
-        return self.prediction_tables(ids[SEQUENCE], positions, values, probabilities)
-
-    def decode(self, outputs: dict) -> tuple[dict, dict, dict]:
-        """(values per target, probabilities per target asked for, the items in the model's encoding)."""
-        values, probabilities, encoded = {}, {}, {}
-        for target in self.setup.targets:
-            out = outputs[target]
-            if self.kinds[target] == "real":
-                values[target], encoded[target] = self.decoder.real(target, out), out
-                continue
-            probs = self.decoder.probabilities(target, out)
-            index = sample(probs, self.generator) if target in self.setup.sampled else probs.argmax(axis=1)
-            values[target], encoded[target] = (
-                self.decoder.ids(target, index),
-                self.decoder.class_ids(target, index),
-            )
-            if target in self.setup.probabilities:
-                probabilities[target] = probs
-        return values, probabilities, encoded
-
-    def prediction_tables(self, sequences, positions, values: dict, probabilities: dict) -> list:
-        tables = [("predictions", {SEQUENCE: sequences, POSITION: positions, **values})]
-        for target, probs in probabilities.items():
-            names = self.decoder.class_names(target)
-            columns = {SEQUENCE: sequences, POSITION: positions}
-            columns.update({name: probs[:, i] for i, name in enumerate(names)})
-            tables.append((f"probabilities of {target}", columns))
-        return tables
+        context = self.model.encode(chunk)
+        if self.model.embedding:
+            return self.model.embedding_tables(ids, positions, self.model.embed(context))
+        values, probabilities, _ = self.model.step(context)
+        return self.model.prediction_tables(ids[SEQUENCE], positions, values, probabilities)
 
 
 def run(loaded: dict, source: str = "infer config") -> dict:

@@ -9,41 +9,48 @@ item is dropped. Every sequence gets exactly T rows, at consecutive itemPosition
 import numpy as np
 
 from sequifier.data.columns import SEQUENCE, START
-from sequifier.data.window_files import IDS, PAD
+from sequifier.data.window_files import IDS
+from sequifier.infer.model_steps import ModelSteps
 
 
 class Generation:
-    def __init__(self, application):
-        self.app = application
-        self.steps = application.config["autoregression_total_steps"]
-        self.batch_size = application.config["inference_batch_size"]
-        self.seen = set()
-        self.pending = []  # (sequences, starts, inputs) of first windows not generated yet
-        self.count = 0
+    """First windows gathered from the chunks read, generated from once a batch of them is full."""
+
+    def __init__(self, model: ModelSteps, steps: int, batch_size: int, width: int):
+        self.model = model  # encodes windows, steps once, writes the results as tables
+        self.steps = steps  # T: the items generated per sequence
+        self.batch_size = batch_size  # first windows gathered before they are generated from
+        self.width = width  # items before the last in a stored window
+        self.seen = set()  # sequences whose first window was taken
+        self.pending = []  # (sequences, starts, contexts) of first windows not generated from yet
+        self.count = 0  # first windows pending
 
     def add(self, chunk: dict) -> list:
         """Take the first window of each sequence not seen before; generate once a batch is full."""
         sequences = chunk[IDS][SEQUENCE]
-        _, first = np.unique(sequences, return_index=True)
-        first = np.sort(first)
-        keep = np.array([sequences[i] not in self.seen for i in first], dtype=bool)
-        rows = first[keep]
+        rows = self._first_windows(sequences)
         if len(rows) == 0:
             return []
         self.seen.update(sequences[rows].tolist())
-        picked = {name: chunk[name][rows] for name in self.app.inputs}
-        picked[PAD] = chunk[PAD][rows]
-        inputs = self.app.model_inputs(picked, embedding=False)
-        self.pending.append((sequences[rows], chunk[IDS][START][rows].astype(np.int64), inputs))
+        starts = chunk[IDS][START][rows].astype(np.int64)
+        self.pending.append((sequences[rows], starts, self.model.encode(chunk, rows)))
         self.count += len(rows)
         return self.flush() if self.count >= self.batch_size else []
 
+    def _first_windows(self, sequences: np.ndarray) -> np.ndarray:
+        """Rows of the first window of each sequence in a chunk not seen before, in chunk order."""
+        _, first = np.unique(sequences, return_index=True)
+        first = np.sort(first)
+        unseen = np.array([sequences[i] not in self.seen for i in first], dtype=bool)
+        return first[unseen]
+
     def flush(self) -> list:
+        """Generate from every pending first window: (output name, columns) tables."""
         if not self.pending:
             return []
         sequences = np.concatenate([p[0] for p in self.pending])
         starts = np.concatenate([p[1] for p in self.pending])
-        context = {name: np.concatenate([p[2][name] for p in self.pending]) for name in self.app.inputs}
+        context = {name: np.concatenate([p[2][name] for p in self.pending]) for name in self.pending[0][2]}
         self.pending, self.count = [], 0
         return self._generate(sequences, starts, context)
 
@@ -51,21 +58,28 @@ class Generation:
         """T steps for a batch of sequences; rows ordered by sequence, then step."""
         values, probabilities = [], []
         for _ in range(self.steps):
-            step_values, step_probabilities, encoded = self.app.decode(self.app.forward(context))
+            step_values, step_probabilities, items = self.model.step(context)
             values.append(step_values)
             probabilities.append(step_probabilities)
-            for name, block in context.items():
-                item = encoded[name].astype(block.dtype)[:, None]
-                context[name] = np.concatenate([block[:, 1:], item], axis=1)
-
-        def by_sequence(arrays: list) -> np.ndarray:  # [steps][batch, ...] -> [batch * steps, ...]
-            stacked = np.stack(arrays, axis=1)
-            return stacked.reshape(-1, *stacked.shape[2:])
-
-        positions = (starts + self.app.width)[:, None] + np.arange(self.steps)[None, :]
-        return self.app.prediction_tables(
+            context = _advance(context, items)
+        positions = (starts + self.width)[:, None] + np.arange(self.steps)[None, :]
+        return self.model.prediction_tables(
             np.repeat(sequences, self.steps),
             positions.reshape(-1),
-            {name: by_sequence([v[name] for v in values]) for name in values[0]},
-            {name: by_sequence([p[name] for p in probabilities]) for name in probabilities[0]},
+            {name: _by_sequence([v[name] for v in values]) for name in values[0]},
+            {name: _by_sequence([p[name] for p in probabilities]) for name in probabilities[0]},
         )
+
+
+def _advance(context: dict, items: dict) -> dict:
+    """The context with each row's oldest item dropped and its new item (model encoding) appended."""
+    return {
+        name: np.concatenate([block[:, 1:], items[name].astype(block.dtype)[:, None]], axis=1)
+        for name, block in context.items()
+    }
+
+
+def _by_sequence(arrays: list) -> np.ndarray:
+    """[steps][batch, ...] -> [batch * steps, ...]: each sequence's steps together."""
+    stacked = np.stack(arrays, axis=1)
+    return stacked.reshape(-1, *stacked.shape[2:])

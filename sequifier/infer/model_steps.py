@@ -1,0 +1,115 @@
+"""One model between stored windows and output tables: the steps that single predictions and
+generation share.
+
+`encode` turns windows into the S items the model reads, in the model's encoding. `step` runs a
+generative model once over such contexts and decodes its outputs into the next items: the values
+written, the class probabilities asked for, and the same items in the model's encoding (what
+generation appends to the context). `embed` runs an embedding model. `outputs` names every table a
+model writes with its columns; `prediction_tables` and `embedding_tables` fill them.
+"""
+
+import numpy as np
+
+from sequifier.data.columns import POSITION, SEQUENCE, SUBSEQUENCE
+from sequifier.data.window_files import PAD
+from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
+from sequifier.infer.plan import ModelSetup
+
+
+class ModelSteps:
+    """A loaded model with what it needs to read windows and to write what it predicts."""
+
+    def __init__(
+        self,
+        predictor,
+        setup: ModelSetup,
+        inputs: list,
+        kinds: dict,
+        translate: DataTranslator,
+        decoder: OutputDecoder,
+        generator: np.random.Generator,
+        batch_size: int,
+    ):
+        self.predictor = predictor  # {input column: [batch, S]} -> the model's outputs (predictors.py)
+        self.setup = setup  # the targets written, those with probabilities, those sampled
+        self.inputs = inputs  # the model's input columns
+        self.kinds = kinds  # target -> categorical | real
+        self.translate, self.decoder = translate, decoder
+        self.generator = generator  # the draws of the sampled targets
+        self.batch_size = batch_size  # windows per forward pass
+        self.embedding = predictor.description["kind"] == "embedding"
+
+    def outputs(self) -> list:
+        """(name, folder, suffix, columns) of every output this model writes."""
+        if self.embedding:
+            dims = [str(i) for i in range(self.predictor.args.dim_model)]
+            return [("embeddings", "embeddings", "embeddings", [SEQUENCE, SUBSEQUENCE, POSITION, *dims])]
+        found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *self.setup.targets])]
+        for target in self.setup.probabilities:
+            names = [SEQUENCE, POSITION, *self.decoder.class_names(target)]
+            found.append((f"probabilities of {target}", "probabilities", f"{target}-probabilities", names))
+        return found
+
+    def encode(self, chunk: dict, rows: np.ndarray | None = None) -> dict:
+        """The S items that the output of each window of a chunk (or of its `rows`) is computed from,
+        in the model's encoding: those before the last item, or after the first for an embedding."""
+        picked = slice(None) if rows is None else rows
+        blocks = {name: chunk[name][picked].numpy() for name in self.inputs}
+        blocks = self.translate(blocks, chunk[PAD][picked].numpy())
+        window = slice(1, None) if self.embedding else slice(None, -1)
+        return {name: np.ascontiguousarray(block[:, window]) for name, block in blocks.items()}
+
+    def step(self, context: dict) -> tuple[dict, dict, dict]:
+        """The next item of every context: (values per target, probabilities per target asked for,
+        the items in the model's encoding)."""
+        return self._decode(self._forward(context))
+
+    def embed(self, context: dict) -> np.ndarray:
+        """The final hidden state of every context's last item: [batch, dim_model]."""
+        return self._forward(context)
+
+    def _forward(self, context: dict):
+        """The predictor over contexts of any number, in batches of batch_size."""
+        size, n = self.batch_size, len(next(iter(context.values())))
+        parts = [
+            self.predictor({k: v[start : start + size] for k, v in context.items()})
+            for start in range(0, n, size)
+        ]
+        if isinstance(parts[0], np.ndarray):
+            return np.concatenate(parts)
+        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+    def _decode(self, outputs: dict) -> tuple[dict, dict, dict]:
+        """Per target: a real value, or a class (argmax, or a draw for the sampled targets)."""
+        values, probabilities, encoded = {}, {}, {}
+        for target in self.setup.targets:
+            out = outputs[target]
+            if self.kinds[target] == "real":
+                values[target], encoded[target] = self.decoder.real(target, out), out
+                continue
+            probs = self.decoder.probabilities(target, out)
+            index = sample(probs, self.generator) if target in self.setup.sampled else probs.argmax(axis=1)
+            values[target], encoded[target] = (
+                self.decoder.ids(target, index),
+                self.decoder.class_ids(target, index),
+            )
+            if target in self.setup.probabilities:
+                probabilities[target] = probs
+        return values, probabilities, encoded
+
+    def prediction_tables(self, sequences, positions, values: dict, probabilities: dict) -> list:
+        """(output name, columns) of the predictions and of each target's probabilities."""
+        tables = [("predictions", {SEQUENCE: sequences, POSITION: positions, **values})]
+        for target, probs in probabilities.items():
+            names = self.decoder.class_names(target)
+            columns = {SEQUENCE: sequences, POSITION: positions}
+            columns.update({name: probs[:, i] for i, name in enumerate(names)})
+            tables.append((f"probabilities of {target}", columns))
+        return tables
+
+    @staticmethod
+    def embedding_tables(ids: dict, positions, embeddings: np.ndarray) -> list:
+        """(output name, columns) of the embeddings of windows with these identities."""
+        columns = {SEQUENCE: ids[SEQUENCE], SUBSEQUENCE: ids[SUBSEQUENCE], POSITION: positions}
+        columns.update({str(i): embeddings[:, i] for i in range(embeddings.shape[1])})
+        return [("embeddings", columns)]
