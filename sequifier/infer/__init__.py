@@ -1,7 +1,8 @@
 """`sequifier infer`: trained models applied to windows, results in the user's own format.
 
-`application.run` applies each model of the `plan` through its `predictors`, `decode`s the
-outputs, `generate`s with autoregression and writes through `sinks`.
+`application.run` applies each model of the `plan`: a predictor (`predictors`) behind the
+`model_steps` that single predictions and generation share, outputs `decode`d, `generate`d with
+autoregression and written through `sinks`.
 
 `run` is imported on first use, so that importing a module of this package stays light.
 """
