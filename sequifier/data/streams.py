@@ -1,4 +1,4 @@
-"""Streams of tables: made in a background thread, re-cut to a fixed number of rows."""
+"""Streams of tables: made in a background thread, re-cut to a fixed number of rows, written."""
 
 from queue import Full, Queue
 from threading import Event, Thread
@@ -59,3 +59,17 @@ def rechunk(tables, rows: int):
         yield pa.concat_tables(pending).combine_chunks()
     elif not produced and empty is not None:
         yield empty
+
+
+def write_stream(tables, open_writer, **options) -> None:
+    """Write a stream of tables with the writer that `open_writer(schema)` opens for the first one
+    (none without tables); `options` go to each write_table."""
+    writer = None
+    try:
+        for table in tables:
+            if writer is None:
+                writer = open_writer(table.schema)
+            writer.write_table(table, **options)
+    finally:
+        if writer is not None:
+            writer.close()

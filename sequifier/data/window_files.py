@@ -23,7 +23,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from sequifier.data.columns import CONTEXT, INPUT_COLUMN, SEQUENCE, START, SUBSEQUENCE
-from sequifier.data.streams import rechunk
+from sequifier.data.streams import rechunk, write_stream
 from sequifier.data.windows import Windows, slot_rows, start_positions
 from sequifier.errors import DataError
 
@@ -104,27 +104,14 @@ def _parquet_options(schema: pa.Schema) -> dict:
 
 
 def _write_parquet(path: Path, tables, rows_per_group: int) -> None:
-    writer = None
-    try:
-        for table in rechunk(tables, rows_per_group):
-            if writer is None:
-                writer = pq.ParquetWriter(path, table.schema, **_parquet_options(table.schema))
-            writer.write_table(table, row_group_size=rows_per_group)
-    finally:
-        if writer is not None:
-            writer.close()
+    def open_writer(schema):
+        return pq.ParquetWriter(path, schema, **_parquet_options(schema))
+
+    write_stream(rechunk(tables, rows_per_group), open_writer, row_group_size=rows_per_group)
 
 
 def _write_csv(path: Path, tables) -> None:
-    writer = None
-    try:
-        for table in rechunk(tables, ROW_GROUP_WINDOWS * 16):
-            if writer is None:
-                writer = pacsv.CSVWriter(path, table.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
+    write_stream(rechunk(tables, ROW_GROUP_WINDOWS * 16), lambda schema: pacsv.CSVWriter(path, schema))
 
 
 def to_tensors(table: pa.Table, columns: list[str], kinds: dict) -> dict:

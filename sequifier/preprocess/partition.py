@@ -2,7 +2,8 @@
 
 A part holds whole sequences. Parts are contiguous ranges of the 64-bit hash of sequenceId and
 rows are ordered by (hash, sequenceId, itemPosition), so concatenating the parts in order gives
-the same global order whatever the number of parts.
+the same global order whatever the number of parts. Parts and other intermediate tables are kept
+in Arrow IPC files between the steps (`write_ipc`, `read_ipc`).
 """
 
 import hashlib
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.ipc as ipc
 
 from sequifier.data.columns import POSITION, SEQUENCE
+from sequifier.data.streams import write_stream
 from sequifier.errors import DataError
 from sequifier.preprocess.reader import SOURCE_FILE, SOURCE_ROW, describe_row
 
@@ -150,15 +152,7 @@ def sort_part(table: pa.Table, files: list[Path], fmt: str) -> Part:
 
 def write_ipc(path: Path, tables) -> None:
     """Write tables to an Arrow IPC file (the fast intermediate format)."""
-    writer = None
-    try:
-        for table in tables:
-            if writer is None:
-                writer = ipc.new_file(path, table.schema)
-            writer.write_table(table)
-    finally:
-        if writer is not None:
-            writer.close()
+    write_stream(tables, lambda schema: ipc.new_file(path, schema))
 
 
 def read_ipc(path: Path):
