@@ -17,7 +17,6 @@ from tqdm import tqdm
 
 from sequifier.data.columns import SEQUENCE, START
 from sequifier.data.window_files import IDS, PAD, count_windows, read_chunks
-from sequifier.infer.decode import DataTranslator, OutputDecoder
 from sequifier.infer.generate import Generation
 from sequifier.infer.model_steps import ModelSteps
 from sequifier.infer.plan import make_infer_plan, model_setup
@@ -35,22 +34,11 @@ class Application:
         self.plan, self.config = plan, config
         dropout = config["infer_with_dropout"]
         self.predictor = load_predictor(model_path, config["device"], dropout, config["seed"], plan.source)
-        args, description = self.predictor.args, self.predictor.description
-        self.setup = model_setup(plan, model_path, args, description)
-        self.inputs = [name for name, *_ in args.input_columns]
-        self.kinds = {name: kind for name, kind, _ in args.target_columns}
-        self.translate = DataTranslator(
-            self.setup.data_metadata, self.setup.model_metadata, self.inputs, str(self.setup.data_path)
-        )
-        self.decoder = OutputDecoder(self.setup.model_metadata, config["map_to_id"])
-        self.generator = np.random.default_rng(config["seed"])
+        self.setup = model_setup(plan, model_path, self.predictor.args, self.predictor.description)
         if isinstance(self.predictor, TorchPredictor):
             torch.manual_seed(config["seed"])  # Monte-Carlo dropout
         self.width = self.setup.data_metadata.seq_length  # items before the last in a stored window
-        self.model = ModelSteps(
-            self.predictor, self.setup, self.inputs, self.kinds, self.translate, self.decoder, self.generator,
-            config["inference_batch_size"],
-        )  # fmt: skip
+        self.model = ModelSteps(self.predictor, self.setup, config)
 
     def run(self) -> list:
         """Write every output of the model over all its windows; returns the files or folders written."""

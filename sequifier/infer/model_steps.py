@@ -19,24 +19,17 @@ from sequifier.infer.plan import ModelSetup
 class ModelSteps:
     """A loaded model with what it needs to read windows and to write what it predicts."""
 
-    def __init__(
-        self,
-        predictor,
-        setup: ModelSetup,
-        inputs: list,
-        kinds: dict,
-        translate: DataTranslator,
-        decoder: OutputDecoder,
-        generator: np.random.Generator,
-        batch_size: int,
-    ):
+    def __init__(self, predictor, setup: ModelSetup, config: dict):
         self.predictor = predictor  # {input column: [batch, S]} -> the model's outputs (predictors.py)
         self.setup = setup  # the targets written, those with probabilities, those sampled
-        self.inputs = inputs  # the model's input columns
-        self.kinds = kinds  # target -> categorical | real
-        self.translate, self.decoder = translate, decoder
-        self.generator = generator  # the draws of the sampled targets
-        self.batch_size = batch_size  # windows per forward pass
+        self.inputs = [name for name, *_ in predictor.args.input_columns]
+        self.kinds = {name: kind for name, kind, _ in predictor.args.target_columns}
+        self.translate = DataTranslator(  # the data's encoding -> the model's
+            setup.data_metadata, setup.model_metadata, self.inputs, str(setup.data_path)
+        )
+        self.decoder = OutputDecoder(setup.model_metadata, config["map_to_id"])  # and back
+        self.generator = np.random.default_rng(config["seed"])  # the draws of the sampled targets
+        self.batch_size = config["inference_batch_size"]  # windows per forward pass
         self.embedding = predictor.description["kind"] == "embedding"
 
     def outputs(self) -> list:
