@@ -145,7 +145,7 @@ def test_same_seed_same_losses_and_resume_continues_exactly(made, monkeypatch):
     assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
 
     steps = 0
-    step = Trainer._step
+    step = Trainer._apply_gradients
 
     def interrupted_step(trainer):  # Ctrl-C in the middle of epoch 2, during an optimizer step
         nonlocal steps
@@ -154,10 +154,10 @@ def test_same_seed_same_losses_and_resume_continues_exactly(made, monkeypatch):
             os.kill(os.getpid(), signal.SIGINT)
         step(trainer)
 
-    monkeypatch.setattr(Trainer, "_step", interrupted_step)
+    monkeypatch.setattr(Trainer, "_apply_gradients", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         read_metrics_of(made, "e", settings)
-    monkeypatch.setattr(Trainer, "_step", step)
+    monkeypatch.setattr(Trainer, "_apply_gradients", step)
     assert (made / "checkpoints" / "sequifier-e-epoch-1-batch-6.pt").exists()
     resumed = read_metrics_of(made, "e", {**settings, "training_spec.continue_training": True})
     assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
