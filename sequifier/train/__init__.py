@@ -2,8 +2,8 @@
 
 `session.run` plans the run (`plan`) and lets the `trainer` fit the model on the `datasets` with
 the `objective`, `optim`imizer and `schedules`; `evaluation` validates, `metrics` and `tracking`
-record, `checkpoint` saves, `distributed` runs it under torchrun; `lifecycle` is a run as the
-workflow and the search start it.
+record, `checkpoint` saves (with the `progress`), `distributed` runs it under torchrun;
+`lifecycle` is a run as the workflow and the search start it.
 
 `run` is imported on first use, so that importing a module of this package stays light.
 """

@@ -1,8 +1,7 @@
-"""`sequifier train`: metadata + windows -> a trained model, its checkpoints, metrics and exports.
-
-Reads top to bottom: set up (plan, process, data, model, optimizer), then `Trainer.fit` runs the
-epochs (train, validate, record, checkpoint), then the best and last models are exported. Under
-torchrun the model is wrapped in DistributedDataParallel and only rank 0 writes anything.
+"""The training loop of `sequifier train`: `Trainer.fit` runs the epochs (train, validate and record,
+keep the best model, checkpoint, stop early); an epoch is a micro-step per batch, an optimizer step
+at the end of each accumulation group, then a validation when log_interval is due. Under torchrun
+the model is wrapped in DistributedDataParallel and only rank 0 writes anything.
 """
 
 import logging
@@ -10,7 +9,6 @@ import math
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,6 +31,7 @@ from sequifier.train.metrics import (
 from sequifier.train.objective import Objective, model_inputs
 from sequifier.train.optim import build_optimizer
 from sequifier.train.plan import TrainPlan
+from sequifier.train.progress import EpochRun, Progress
 from sequifier.train.schedules import RunLength, build_schedule
 from sequifier.train.tracking import Tracker
 
@@ -40,24 +39,9 @@ log = logging.getLogger(__name__)
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-@dataclass
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    epoch: int = 0  # epochs done
-    batches_done: int = 0  # batches done of epoch + 1 (after an interrupt)
-    steps: int = 0  # optimizer steps
-    best_loss: float = math.inf
-    best_epoch: int = 0
-    best_state: dict | None = None
-    stale_epochs: int = 0
-    pending_record: int = 0  # the batch whose interval validation was interrupted
-    elapsed: float = 0.0
-    train_sums: dict = field(default_factory=dict)  # of the epoch under way
-    rows: list = field(default_factory=list)
-
-
 class Trainer:
+    """Trains a plan's model in one process of a run; `progress` is where it stands."""
+
     def __init__(self, plan: TrainPlan, process: distributed.Process):
         self.plan, self.process, self.config = plan, process, plan.config
         self.spec = spec = plan.config["training_spec"]
@@ -81,10 +65,10 @@ class Trainer:
         if in_ram:
             self.train_data.to(self.device)
             self.validation_data.to(self.device)
-        batches = self.train_data.batch_count(
+        self.batches_per_epoch = self.train_data.batch_count(  # of this process
             spec["batch_size"], shuffle=True, rank=process.rank, world=process.world
         )
-        length = RunLength(spec["epochs"], math.ceil(batches / spec["accumulation_steps"]))
+        length = RunLength(spec["epochs"], math.ceil(self.batches_per_epoch / spec["accumulation_steps"]))
         try:
             self.optimizer = build_optimizer(self.model, spec["optimizer"], spec["learning_rate"])
             self.schedule = build_schedule(
@@ -132,9 +116,11 @@ class Trainer:
         log.info("resuming from %s (epoch %d done)", path, self.progress.epoch)
 
     def save_checkpoint(self) -> None:
+        """Everything to resume from, the time trained until now included; written by rank 0."""
+        p, now = self.progress, time.perf_counter()
+        p.elapsed, self.started = p.elapsed + now - self.started, now
         if not self.process.main:
             return
-        p = self.progress
         path = checkpoint.checkpoint_file(self.plan.checkpoints, self.plan.name, p.epoch, p.batches_done)
         checkpoint.save(
             path,
@@ -153,126 +139,156 @@ class Trainer:
             supersedes_partial=p.batches_done == 0,  # an epoch's end: the checkpoints within it go, after
         )
 
-    # -- one batch, one epoch, validation ---------------------------------------------------------
+    # -- the epoch: micro-steps, optimizer steps, interval validations --------------------------
 
-    def _autocast(self):
-        if self.autocast is None:
-            return nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+    def train_epoch(self, epoch: int, tracker: Tracker) -> tuple:
+        """Train on the epoch's batches from where the progress stands: a micro-step per batch, an
+        optimizer step at the end of each accumulation group, then a validation when log_interval is
+        due. Returns the train losses and the windows per second (all processes, without validation)."""
+        run = self._start_epoch(epoch, tracker)
+        for i, batch in enumerate(self._batches(run), start=self.progress.batches_done):
+            group = self._group(i, run.batches)
+            if i == group.start:
+                torch.manual_seed(self._group_seed(epoch, group.start))
+            add(run.sums, self._micro_step(batch, len(group), last=i == group[-1]))
+            run.windows += len(batch[PAD])
+            if i == group[-1]:
+                due = self._interval_due(group, run.batches)
+                self._optimizer_step(run.sums, batches_done=group.stop, record_due=due)
+                if due:
+                    self._record_interval(run, self._windows_per_second(run), tracker)
+        return self._reduce(run.sums), self._windows_per_second(run)
 
-    def _step(self) -> None:
+    def _start_epoch(self, epoch: int, tracker: Tracker) -> EpochRun:
+        """The epoch from where the progress stands, after the interval validation that an
+        interruption cut short (if any); the model in training mode and the throughput clock started."""
+        p = self.progress
+        if p.batches_done == 0:
+            p.train_sums = {}
+        run = EpochRun(epoch, self.batches_per_epoch, {k: v.to(self.device) for k, v in p.train_sums.items()})
+        if p.pending_record:  # interrupted while validating there: validate first
+            self._record_interval(run, math.nan, tracker)
+        self.network.train()
+        run.started, run.validation_seconds = time.perf_counter(), self.validation_seconds
+        return run
+
+    def _batches(self, run: EpochRun):
+        """This process's share of the epoch's shuffled batches, those done skipped, behind a
+        progress bar (on rank 0 at a terminal)."""
+        batches = self.train_data.batches(
+            self.spec["batch_size"], shuffle=True, seed=self.config["seed"], epoch=run.number,
+            rank=self.process.rank, world=self.process.world, skip=self.progress.batches_done,
+        )  # fmt: skip
+        quiet = not (self.process.main and sys.stderr.isatty())
+        return tqdm(
+            batches, desc=f"epoch {run.number}", unit="batch", leave=False, disable=quiet, total=run.batches
+        )
+
+    def _group(self, batch: int, batches: int) -> range:
+        """The batches of `batch`'s optimizer step (the last group of an epoch may be smaller)."""
+        first = batch - batch % self.spec["accumulation_steps"]
+        return range(first, min(first + self.spec["accumulation_steps"], batches))
+
+    def _group_seed(self, epoch: int, first_batch: int) -> int:
+        """Dropout is seeded per optimizer step, so a resumed run draws what an uninterrupted one would."""
+        return hash((self.config["seed"], epoch, first_batch, self.process.rank)) & 0x7FFF_FFFF_FFFF_FFFF
+
+    def _micro_step(self, batch: dict, group_size: int, last: bool) -> dict:
+        """Forward, losses and the scaled backward of one batch of a group of `group_size`; under DDP
+        the gradients are synchronized with the group's `last` batch only. Returns the losses."""
+        no_sync = self.network.no_sync() if self.process.distributed and not last else nullcontext()
+        with no_sync:
+            with self._autocast():
+                outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
+            losses = self.objective.losses(outputs, batch)
+            self.scaler.scale(self.objective.total(losses) / group_size).backward()
+        return losses
+
+    def _optimizer_step(self, sums: dict, batches_done: int, record_due: bool) -> None:
+        """Apply the group's gradients and note the progress, all or nothing (Ctrl-C waits for both);
+        an interval validation due after the step is marked pending in the same breath, so that a
+        resumed run does not skip it."""
+        with checkpoint.uninterrupted():
+            self._apply_gradients()
+            self.progress.step_done(batches_done, sums)
+            if record_due:
+                self.progress.pending_record = batches_done
+
+    def _apply_gradients(self) -> None:
+        """Unscale and clip the gradients (if asked), step the optimizer and the gradient scaler,
+        clear the gradients and step the scheduler."""
         if self.spec["gradient_clip"] is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec["gradient_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.progress.steps += 1
         if self.schedule is not None:
             self.schedule.after_step()
 
-    def _group_seed(self, epoch: int, first_batch: int) -> int:
-        """Dropout is seeded per optimizer step, so a resumed run draws what an uninterrupted one would."""
-        return hash((self.config["seed"], epoch, first_batch, self.process.rank)) & 0x7FFF_FFFF_FFFF_FFFF
+    def _interval_due(self, group: range, batches: int) -> bool:
+        """Whether the group passed a multiple of log_interval before the epoch's end (its own row)."""
+        interval = self.spec["log_interval"]
+        return bool(interval) and group.stop // interval > group.start // interval and group.stop < batches
 
-    def train_epoch(self, epoch: int, tracker: Tracker) -> tuple:
-        """Train on the epoch's batches from where the progress stands; returns the train losses and
-        the windows per second (all processes, without validation time)."""
-        p, spec, accumulate = self.progress, self.spec, self.spec["accumulation_steps"]
-        rank, world = self.process.rank, self.process.world
-        if p.batches_done == 0:
-            p.train_sums = {}
-        sums = {k: v.to(self.device) for k, v in p.train_sums.items()}
-        if p.pending_record:  # interrupted while validating at that batch: validate first
-            self.record(epoch, p.pending_record, "interval", self._reduce(sums), math.nan, tracker)
-            p.pending_record = 0
-        total = self.train_data.batch_count(spec["batch_size"], shuffle=True, rank=rank, world=world)
-        batches = self.train_data.batches(
-            spec["batch_size"], shuffle=True, seed=self.config["seed"], epoch=epoch, rank=rank, world=world,
-            skip=p.batches_done,
-        )  # fmt: skip
-        quiet = not (self.process.main and sys.stderr.isatty())
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=quiet, total=total)
+    def _record_interval(self, run: EpochRun, rate: float, tracker: Tracker) -> None:
+        """Validate and record at the batches done, marked pending meanwhile (an interruption
+        validates again on resume); then back to training mode."""
+        p = self.progress
+        p.pending_record = p.batches_done
+        self.record(run.number, p.batches_done, "interval", self._reduce(run.sums), rate, tracker)
+        p.pending_record = 0
         self.network.train()
-        started, validating, windows = time.perf_counter(), self.validation_seconds, 0
-        for i, batch in enumerate(bar, start=p.batches_done):
-            first = i - i % accumulate
-            group = min(accumulate, total - first)  # the last group of an epoch may be smaller
-            if i == first:
-                torch.manual_seed(self._group_seed(epoch, first))
-            sync = i == first + group - 1
-            no_sync = self.network.no_sync() if self.process.distributed and not sync else nullcontext()
-            with no_sync:
-                with self._autocast():
-                    outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
-                losses = self.objective.losses(outputs, batch)
-                self.scaler.scale(self.objective.total(losses) / group).backward()
-            add(sums, losses)
-            windows += len(batch[PAD])
-            if not sync:
-                continue
-            with checkpoint.uninterrupted():
-                self._step()
-                before, p.batches_done, p.train_sums = p.batches_done, i + 1, dict(sums)
-            interval = spec["log_interval"]
-            if interval and (i + 1) // interval > before // interval and i + 1 < total:
-                seconds = time.perf_counter() - started - (self.validation_seconds - validating)
-                p.pending_record = i + 1
-                self.record(epoch, i + 1, "interval", self._reduce(sums), windows * world / seconds, tracker)
-                p.pending_record = 0
-                self.network.train()
-        seconds = time.perf_counter() - started - (self.validation_seconds - validating)
-        return self._reduce(sums), (windows * world / seconds if windows else math.nan)
+
+    def _windows_per_second(self, run: EpochRun) -> float:
+        """The epoch's windows per second on all processes since it (re)started, without validation."""
+        seconds = time.perf_counter() - run.started - (self.validation_seconds - run.validation_seconds)
+        return run.windows * self.process.world / seconds if run.windows else math.nan
 
     def _reduce(self, sums: dict) -> tuple:
         """(total, {target: loss}) from per-target (loss sum, normalizer), summed over the processes."""
         per_target = means(self.process, sums, self.config["target_columns"], self.device)
         return weighted_total(self.spec["loss_weights"], per_target), per_target
 
+    def _autocast(self):
+        """The mixed-precision context of forward passes (none at full precision)."""
+        if self.autocast is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast)
+
+    # -- validation and records -----------------------------------------------------------------
+
     def validate(self) -> dict:
-        """The model on the whole validation split (see sequifier.evaluation)."""
+        """The model on the whole validation split (see sequifier.train.evaluation)."""
         started = time.perf_counter()
         found = self.evaluator.model(self.model, self._autocast)
         self.validation_seconds += time.perf_counter() - started
         return found
 
-    # -- records --------------------------------------------------------------------------------
-
     def record(self, epoch: int, batch: int, kind: str, train: tuple, rate: float, tracker: Tracker) -> float:
         """Validate, then write a metrics row (CSV, W&B, log); returns the validation loss."""
         validation = self.validate()
-        p = self.progress
         row = model_row(epoch, batch, kind, train, validation)
-        row["learning_rate"] = self.optimizer.param_groups[0]["lr"]
-        row["windows_per_s"] = rate
-        row["elapsed_s"] = p.elapsed + time.perf_counter() - self.started
-        same = (epoch, batch, kind)
-        p.rows = [r for r in p.rows if (r["epoch"], r["batch"], r["kind"]) != same] + [
-            row
-        ]  # once, on resume too
-        if not self.process.main:
-            return validation["loss"]
-        write_metrics(self.plan.metrics_path, self.columns, p.rows)
+        elapsed = self.progress.elapsed + time.perf_counter() - self.started
+        row.update(learning_rate=self.optimizer.param_groups[0]["lr"], windows_per_s=rate, elapsed_s=elapsed)
+        self.progress.keep_row(row)
+        if self.process.main:
+            write_metrics(self.plan.metrics_path, self.columns, self.progress.rows)
+            self._report(row, validation, tracker)
+        return validation["loss"]
+
+    def _report(self, row: dict, validation: dict, tracker: Tracker) -> None:
+        """A metrics row to W&B and the log, with the shares of the classes predicted."""
         logged = tracked(row)
         for name, found in validation["counts"].items():
             shares = class_shares(found, self.plan.metadata.id_maps.get(name, {}))
-            log.info(
-                "predicted class shares of %s: %s",
-                name,
-                ", ".join(f"{k}: {v:.3f}" for k, v in shares.items()),
-            )
+            listed = ", ".join(f"{k}: {v:.3f}" for k, v in shares.items())
+            log.info("predicted class shares of %s: %s", name, listed)
             logged.update({f"class_share/{name}/{value}": share for value, share in shares.items()})
-        tracker.log(logged, step=p.steps)
-        trained = f"train loss {train[0]:.5f}" if epoch else "untrained"
-        log.info(
-            "epoch %d batch %d: %s, validation loss %.5f%s",
-            epoch,
-            batch,
-            trained,
-            validation["loss"],
-            _accuracies(validation),
-        )
-        return validation["loss"]
+        tracker.log(logged, step=self.progress.steps)
+        trained = f"train loss {row['train_loss']:.5f}" if row["epoch"] else "untrained"
+        found = f"validation loss {validation['loss']:.5f}{_accuracies(validation)}"
+        log.info("epoch %d batch %d: %s, %s", row["epoch"], row["batch"], trained, found)
 
     def record_start(self, tracker: Tracker) -> None:
         """Before the first optimizer step: the baselines of the validation split and the
@@ -283,57 +299,48 @@ class Trainer:
         baselines = self.evaluator.baselines(self.plan.metadata)
         p.rows.extend(baseline_rows(baselines))
         if self.process.main:
-            summary = {
-                f"baseline/{kind}/{key}/{name}": value
-                for kind, found in baselines.items()
-                for key in ("losses", "accuracy")
-                for name, value in found[key].items()
-            }
-            tracker.summary({**summary, **{f"baseline/{k}/loss": f["loss"] for k, f in baselines.items()}})
-            best = baselines["best"]
-            log.info(
-                "baselines on the validation split (best per target): loss %.5f%s",
-                best["loss"],
-                _accuracies(best),
-            )
-        nothing = {n: math.nan for n in self.config["target_columns"]}
-        self.record(0, 0, "epoch", (math.nan, nothing), math.nan, tracker)
+            self._report_baselines(baselines, tracker)
+        untrained = (math.nan, {n: math.nan for n in self.config["target_columns"]})
+        self.record(0, 0, "epoch", untrained, math.nan, tracker)
+
+    def _report_baselines(self, baselines: dict, tracker: Tracker) -> None:
+        """The baselines to the W&B summary and the log."""
+        summary = {
+            f"baseline/{kind}/{key}/{name}": value
+            for kind, found in baselines.items()
+            for key in ("losses", "accuracy")
+            for name, value in found[key].items()
+        }
+        tracker.summary({**summary, **{f"baseline/{k}/loss": f["loss"] for k, f in baselines.items()}})
+        best = baselines["best"]
+        found = f"loss {best['loss']:.5f}{_accuracies(best)}"
+        log.info("baselines on the validation split (best per target): %s", found)
 
     # -- the epochs -----------------------------------------------------------------------------
 
     def fit(self, tracker: Tracker) -> None:
+        """Record the start, then per epoch: train, validate and record, note the best model, save a
+        checkpoint when due; stop early when the validation loss stalls. Ctrl-C saves a checkpoint to
+        resume from, then goes on up."""
         p, spec = self.progress, self.spec
         self.started = time.perf_counter()
         self.record_start(tracker)
         try:
             for epoch in range(p.epoch + 1, spec["epochs"] + 1):
                 train, rate = self.train_epoch(epoch, tracker)
-                validation = self.record(epoch, 0, "epoch", train, rate, tracker)
+                validation_loss = self.record(epoch, 0, "epoch", train, rate, tracker)
                 with checkpoint.uninterrupted():  # the epoch's end, all or nothing
-                    p.epoch, p.batches_done = epoch, 0
-                    if validation < p.best_loss:
-                        p.best_loss, p.best_epoch, p.stale_epochs = validation, epoch, 0
-                        p.best_state = {
-                            k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()
-                        }
-                    else:
-                        p.stale_epochs += 1
+                    p.epoch_done(epoch, validation_loss, self.model)
                     if self.schedule is not None:
                         self.schedule.after_epoch()
-                stop = (
-                    spec["early_stopping_epochs"] is not None
-                    and p.stale_epochs >= spec["early_stopping_epochs"]
-                )
-                if epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"] or stop:
-                    p.elapsed += time.perf_counter() - self.started
-                    self.started = time.perf_counter()
+                stop = p.stalled(spec["early_stopping_epochs"])
+                if stop or epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"]:
                     self.save_checkpoint()
                 if stop:
                     log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
                     break
         except KeyboardInterrupt:
             log.warning("interrupted: saving a checkpoint to resume from (continue_training: true)")
-            p.elapsed += time.perf_counter() - self.started
             self.save_checkpoint()
             raise
         if p.best_state is None:  # no finite validation loss: the best model is the last one
