@@ -119,7 +119,26 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--part", type=int, help="part index (scan, windows)")
     step.add_argument("--split", type=int, help="split index (merge)")
     _add_preprocess_flags(step)
+
+    lifecycle = commands.add_parser("train-run")  # a training run from launch to outcome, for the workflow
+    _add_train_run_flags(lifecycle)
     return parser
+
+
+def _add_train_run_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True, help="the run's id, in its status")
+    parser.add_argument("--status", required=True, help="status JSON, written when the run finishes")
+    parser.add_argument("--log", required=True, help="the training's output")
+    parser.add_argument("--inputs", nargs="+", default=[], help="files the stamp of the inputs covers")
+    parser.add_argument("--checkpoints", help="the run's own checkpoints folder, guarded by the stamp")
+    parser.add_argument("--metrics", help="the metrics CSV training writes")
+    parser.add_argument("--metrics-copy", help="where the metrics CSV is copied when the run is done")
+    parser.add_argument("--models", help="the models folder, made empty when the run fails")
+    parser.add_argument("--gpus", type=int, default=0, help="GPUs of the run, in its stamp (0: the CPU)")
+    parser.add_argument("--threads", type=int, help="CPU threads, split between the processes")
+    parser.add_argument(
+        "training", nargs="+", metavar="COMMAND", help="after --: the training (`sequifier train`, torchrun)"
+    )
 
 
 def _flag_overrides(args, flags: dict, columns: str) -> dict:
@@ -190,11 +209,30 @@ def _run_preprocess_step(args, config) -> None:
         steps.merge(plan, Metadata.load(plan.metadata_path), args.split, plan.split_path(args.split))
 
 
+def _run_train_run(args) -> None:
+    from pathlib import Path
+
+    from sequifier.errors import ConfigError
+    from sequifier.train.lifecycle import Run
+
+    if (args.metrics is None) != (args.metrics_copy is None):
+        raise ConfigError("train-run: --metrics and --metrics-copy go together")
+    paths = {
+        key: None if getattr(args, key) is None else Path(getattr(args, key))
+        for key in ("status", "log", "checkpoints", "metrics", "metrics_copy", "models")
+    }
+    run = Run(args.run, args.training, gpus=args.gpus, threads=args.threads, inputs=args.inputs, **paths)
+    sys.exit(run.run_to_end())
+
+
 def _dispatch(args) -> None:
     if args.command == "make":
         from sequifier.make import make
 
         make(args.name)
+        return
+    if args.command == "train-run":
+        _run_train_run(args)
         return
     from sequifier import config
 

@@ -1,16 +1,15 @@
 """`sequifier hyperparameter-search`: a search trained run by run, then ranked.
 
 In output_path/{search_name}/: runs.csv (run id -> its point), runs/{run}.yaml (the run's complete
-train config), logs/{run}.log, leaderboard.csv and curves.png (validation loss per epoch). Every
-run is `sequifier train` in a process of its own (`jobs` at a time), so a run that fails does not
-stop the others; it is marked failed in the leaderboard and tried again by the next search. A run
-whose config is unchanged since it finished is not trained again.
+train config), runs/{run}.status.json (its outcome), logs/{run}.log, leaderboard.csv and curves.png
+(validation loss per epoch). Every run is `sequifier train` in a process of its own (`jobs` at a
+time, each a `sequifier.train.lifecycle.Run`, as the workflow's train jobs), so a run that fails
+does not stop the others; it is marked failed in the leaderboard and tried again by the next
+search. A run done with the config it has now is not trained again.
 """
 
-import hashlib
 import logging
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,9 +17,10 @@ from pathlib import Path
 import yaml
 
 from sequifier import config as stage_config
-from sequifier.files import atomic_path, read_json, write_json
+from sequifier.files import atomic_path, read_json
 from sequifier.search import leaderboard
 from sequifier.search import space as search
+from sequifier.train.lifecycle import Run, launch_command
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,6 @@ class Search:
     def config_path(self, name: str) -> Path:
         return self.folder / "runs" / f"{name}.yaml"
 
-    def stamp_path(self, name: str) -> Path:
-        return self.folder / "runs" / f"{name}.done"
-
     def write_runs(self) -> None:
         leaderboard.write_table(self.folder / "runs.csv", search.points_table(self.points))
         for name, resolved in self.configs.items():
@@ -64,47 +61,38 @@ class Search:
                 with atomic_path(path) as tmp:
                     tmp.write_text(text)
 
-    def digest(self, name: str) -> str:
-        """Hash of the run's config file, kept in its stamp when it finishes."""
-        return hashlib.blake2b(self.config_path(name).read_bytes(), digest_size=16).hexdigest()
+    def lifecycle(self, name: str, threads: int | None = None) -> Run:
+        """The run as `sequifier train` of its config, its outcome in runs/{name}.status.json."""
+        return Run(
+            name,
+            launch_command(self.config_path(name), python=sys.executable),
+            status=self.folder / "runs" / f"{name}.status.json",
+            log=self.folder / "logs" / f"{name}.log",
+            threads=threads,
+            inputs=[self.config_path(name)],
+        )
 
     def finished(self, name: str) -> bool:
-        stamp = self.stamp_path(name)
-        return stamp.is_file() and read_json(stamp).get("config") == self.digest(name)
+        """Whether the run is done with its config as it is now."""
+        return self.lifecycle(name).finished()
 
     def train(self, names: list, jobs: int) -> None:
-        """Train the runs, `jobs` processes at a time; each writes a stamp when it succeeds."""
+        """Train the runs, `jobs` processes at a time, each recording its outcome."""
         threads = max(1, (os.cpu_count() or 1) // jobs)
-        env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-        (self.folder / "logs").mkdir(parents=True, exist_ok=True)
-        pending, running = list(names), {}
+        pending, running = [self.lifecycle(name, threads) for name in names], []
         while pending or running:
             while pending and len(running) < jobs:
-                name = pending.pop(0)
-                log.info("training run %s", name)
-                command = [
-                    sys.executable,
-                    "-m",
-                    "sequifier",
-                    "train",
-                    "--config-path",
-                    str(self.config_path(name)),
-                ]
-                handle = open(self.folder / "logs" / f"{name}.log", "w")
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-                running[name] = (process, handle, time.monotonic())
+                run = pending.pop(0)
+                log.info("training run %s", run.name)
+                running.append((run, run.start(), time.monotonic()))
             time.sleep(0.2)
-            for name, (process, handle, started) in list(running.items()):
+            for entry in list(running):
+                run, process, started = entry
                 if process.poll() is None:
                     continue
-                handle.close()
-                del running[name]
-                self.stamp_path(name).unlink(missing_ok=True)
-                if process.returncode == 0:
-                    stamp = {"config": self.digest(name), "wall_s": time.monotonic() - started}
-                    write_json(self.stamp_path(name), stamp)
-                else:
-                    log.warning("run %s failed (exit %d); see %s", name, process.returncode, handle.name)
+                running.remove(entry)
+                if run.finish(process.returncode, time.monotonic() - started) != "done":
+                    log.warning("run %s failed (exit %d); see %s", run.name, process.returncode, run.log)
 
     def metrics_paths(self) -> dict:
         """{run: metrics CSV} of the finished runs."""
@@ -122,7 +110,7 @@ class Search:
                 continue
             models = Path(resolved["project_root"]) / resolved["models_path"]
             result = leaderboard.run_result(name, metrics[name], models)
-            result["wall_s"] = round(read_json(self.stamp_path(name))["wall_s"], 1)  # the whole process
+            result["wall_s"] = read_json(self.lifecycle(name).status)["wall_s"]  # the whole process
             found.append(result)
         return found
 

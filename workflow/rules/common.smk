@@ -9,6 +9,7 @@ from sequifier import config as stage_config
 from sequifier.search import leaderboard
 from sequifier.search import space as search
 from sequifier.preprocess.plan import make_plan
+from sequifier.train import lifecycle
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -185,19 +186,10 @@ def train_outputs():
     return expand(run_path("{kind}"), run=RUNS, kind=["models", "metrics.csv"])
 
 
-def train_device(wildcards, resources):
-    """cuda when the job has GPUs (the profile's `gpu` resource), else cpu."""
-    return "cuda" if resources.gpu >= 1 else "cpu"
-
-
-def train_launcher(wildcards, threads, resources):
-    """One process on the CPU or one GPU; torchrun with a process per GPU (DDP) when gpu > 1."""
-    if resources.gpu <= 1:
-        return "python -m sequifier"
-    return (
-        f"OMP_NUM_THREADS={max(1, threads // resources.gpu)} "
-        f"torchrun --standalone --nproc_per_node={resources.gpu} -m sequifier"
-    )
+def train_command(wildcards, input, resources):
+    """The job's training: on the CPU, on one GPU, or torchrun with a process per GPU (gpu > 1),
+    resuming from the run's checkpoints (sequifier.train.lifecycle keeps them only for its inputs)."""
+    return shlex.join(lifecycle.launch_command(input.config, resources.gpu, resume=True))
 
 
 def checkpoints_folder(wildcards):

@@ -20,6 +20,8 @@ rule run_config:
         write_run_config(wildcards.run, params.resolved, output.config, log.log)
 
 
+# A train job is one `sequifier train-run` (sequifier/train/lifecycle.py): the training that
+# train_command gives (python, or torchrun with a process per GPU when gpu > 1), its outcome kept.
 # A job that is killed or times out leaves its checkpoints, and the next attempt resumes from the
 # last one (continue_training). Only then: the stamp of the inputs (run config, metadata, GPU
 # count) lives in the checkpoints folder while a run is unfinished, and checkpoints without the
@@ -41,8 +43,7 @@ rule train:
     log:
         f"{LOGS}/train/{{run}}.log",
     params:
-        launch=train_launcher,
-        device=train_device,
+        training=train_command,
         checkpoints=checkpoints_folder,
         metrics=package_metrics,
     threads: 4
@@ -51,16 +52,7 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "stamp=$( (cat {input.config} {input.metadata}; echo gpu={resources.gpu}) | cksum); "
-        'if [ "$(cat {params.checkpoints}/inputs.cksum 2>/dev/null)" != "$stamp" ]; then '
-        'rm -rf {params.checkpoints}; mkdir -p {params.checkpoints}; echo "$stamp" > {params.checkpoints}/inputs.cksum; '
-        "fi; "
-        "started=$(date +%s); code=0; {params.launch} train --config-path {input.config} --set training_spec.device={params.device} "
-        "--set training_spec.continue_training=true > {log} 2>&1 || code=$?; "
-        'if [ "$code" -gt 2 ]; then exit "$code"; fi; '
-        'if [ "$code" -eq 0 ]; then status=done; cp {params.metrics} {output.metrics}.tmp && mv {output.metrics}.tmp {output.metrics}; '
-        "else status=failed; mkdir -p {output.models}; : > {output.metrics}; fi; "
-        "rm -f {params.checkpoints}/inputs.cksum; "
-        "wall=$(( $(date +%s) - started )); "
-        "printf '{{\"run\": \"%s\", \"status\": \"%s\", \"exit_code\": %s, \"wall_s\": %d}}\\n' "
-        '{wildcards.run} "$status" "$code" "$wall" > {output.status}'
+        "python -m sequifier train-run --run {wildcards.run} --inputs {input.config} {input.metadata} "
+        "--checkpoints {params.checkpoints} --metrics {params.metrics} --metrics-copy {output.metrics} "
+        "--models {output.models} --status {output.status} --log {log} --gpus {resources.gpu} "
+        "--threads {threads} -- {params.training}"
