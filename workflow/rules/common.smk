@@ -202,7 +202,7 @@ def package_metrics(wildcards):
 
 
 def write_leaderboard(output, log):
-    """The leaderboard, the curves and runs.csv of the experiment's runs (sequifier.leaderboard)."""
+    """The leaderboard, the curves and runs.csv of the experiment's runs (sequifier.search.leaderboard)."""
     results, metrics = [], {}
     for run in RUNS:
         status = json.loads(Path(run_folder(run), "status.json").read_text())
