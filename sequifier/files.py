@@ -1,4 +1,6 @@
-"""Atomic, durable writes: an interrupted run (or a power cut) never leaves a file that looks complete.
+"""Files: atomic, durable writes, content hashes, and torch files loaded as plain data only.
+
+Atomic, durable writes: an interrupted run (or a power cut) never leaves a file that looks complete.
 
 A file or folder is written under a temporary name next to its target, flushed to disk (fsync of
 every file written), renamed onto the target, and then the rename itself is flushed (fsync of the
@@ -6,6 +8,7 @@ parent folder). Where the operating system refuses an fsync (some file systems, 
 Windows) the write goes on without it.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -90,6 +93,16 @@ def atomic_path(path):
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+def content_hash(files: list) -> str:
+    """blake2b over the bytes of files, in order."""
+    digest = hashlib.blake2b(digest_size=16)
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+    return f"blake2b:{digest.hexdigest()}"
 
 
 def write_json(path, obj) -> None:

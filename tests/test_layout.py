@@ -89,7 +89,7 @@ def test_the_shared_modules_and_the_contract_import_no_stage():
 def test_development_tools_stay_out_of_the_package():
     assert not (PACKAGE / "reference.py").exists()
     for path, module in package_modules():
-        assert not any(m.startswith("tools") for m in imported_modules(path)), module
+        assert not any(m.startswith("scripts") for m in imported_modules(path)), module
 
 
 def test_no_module_is_longer_than_the_limit():
@@ -117,6 +117,7 @@ def test_the_former_name_of_the_model_bundle_functions_still_works():
         warnings.simplefilter("always")
         former = importlib.reload(importlib.import_module("sequifier.export"))
     assert former.load_bundle is home.load_bundle and former.read_bundle is home.read_bundle
+    assert former.find_export is home.find_export and former.describe is home.describe
     assert any(
         issubclass(w.category, DeprecationWarning) and "sequifier.model.export" in str(w.message)
         for w in caught

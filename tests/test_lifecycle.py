@@ -125,6 +125,8 @@ def test_checkpoints_stay_under_the_same_stamp_and_are_dropped_under_another(mad
     assert run.finish(130, 1.0) is None, "killed: no outcome"
     assert not run.status.exists() and (run.checkpoints / STAMP).is_file()
     assert run.finish(-signal.SIGKILL, 1.0) is None
+    assert run.finish(1, 1.0, stopped=True) is None, "stopped by a signal (torchrun then exits 1): no outcome"
+    assert not run.status.exists() and (run.checkpoints / STAMP).is_file()
 
 
 def test_an_interrupted_train_run_exits_non_zero_and_resumes_from_its_checkpoint(made):

@@ -1,4 +1,4 @@
-"""AdEMAMix and the optimizer / scheduler builders of sequifier.optim."""
+"""AdEMAMix and the optimizer and scheduler builders of sequifier.train.optim."""
 
 import io
 import math

@@ -14,8 +14,8 @@ from conftest import REPO, made_project, run_cli
 
 
 def reference_tool():
-    """tools/reference.py, the README's reference generator (a development tool, not in the package)."""
-    spec = importlib.util.spec_from_file_location("reference", REPO / "tools" / "reference.py")
+    """scripts/reference.py, the README's reference generator (a development tool, not in the package)."""
+    spec = importlib.util.spec_from_file_location("reference", REPO / "scripts" / "reference.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -23,7 +23,7 @@ def reference_tool():
 
 def test_config_reference_matches_the_schemas():
     text = (REPO / "README.md").read_text()
-    assert text == reference_tool().with_reference(text, REPO), "run: python tools/reference.py README.md"
+    assert text == reference_tool().with_reference(text, REPO), "run: python scripts/reference.py README.md"
 
 
 def test_ci_runs_the_readme_test_command():

@@ -7,7 +7,7 @@ from pathlib import Path
 from conftest import REPO
 
 RUFF = Path(sys.executable).parent / "ruff"
-PATHS = ["sequifier", "tests", "benchmarks", "tools"]
+PATHS = ["sequifier", "tests", "benchmarks", "scripts"]
 
 
 def test_ruff_lint_and_format():

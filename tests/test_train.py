@@ -144,20 +144,7 @@ def test_same_seed_same_losses_and_resume_continues_exactly(made, monkeypatch):
     resumed = read_metrics_of(made, "d", {**fixed, "training_spec.continue_training": True})
     assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
 
-    steps = 0
-    step = Trainer._apply_gradients
-
-    def interrupted_step(trainer):  # Ctrl-C in the middle of epoch 2, during an optimizer step
-        nonlocal steps
-        steps += 1
-        if steps == 13:
-            os.kill(os.getpid(), signal.SIGINT)
-        step(trainer)
-
-    monkeypatch.setattr(Trainer, "_apply_gradients", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        read_metrics_of(made, "e", settings)
-    monkeypatch.setattr(Trainer, "_apply_gradients", step)
+    interrupted_at_step(monkeypatch, 13, made, "e", settings)  # in the middle of epoch 2
     assert (made / "checkpoints" / "sequifier-e-epoch-1-batch-6.pt").exists()
     resumed = read_metrics_of(made, "e", {**settings, "training_spec.continue_training": True})
     assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
@@ -168,25 +155,30 @@ def test_ctrl_c_during_the_step_before_an_interval_validation_keeps_its_row(made
     settings = {"training_spec.epochs": 2, "training_spec.log_interval": 7, "training_spec.dropout": 0.1}
     settings["training_spec.accumulation_steps"] = 2
     first = read_metrics_of(made, "f", settings)
-    steps, step = 0, Trainer._apply_gradients
-
-    def interrupted_step(trainer):  # Ctrl-C during the step of batches 6-7, after which batch 7 is validated
-        nonlocal steps
-        steps += 1
-        if steps == 14:
-            os.kill(os.getpid(), signal.SIGINT)
-        step(trainer)
-
-    monkeypatch.setattr(Trainer, "_apply_gradients", interrupted_step)
-    with pytest.raises(KeyboardInterrupt):
-        read_metrics_of(made, "g", settings)
-    monkeypatch.setattr(Trainer, "_apply_gradients", step)
+    interrupted_at_step(monkeypatch, 14, made, "g", settings)  # batches 6-7 of epoch 2; 7 is validated
     assert (made / "checkpoints" / "sequifier-g-epoch-1-batch-8.pt").exists()
     resumed = read_metrics_of(made, "g", {**settings, "training_spec.continue_training": True})
     assert [(r["epoch"], r["batch"], r["kind"]) for r in resumed] == [
         (r["epoch"], r["batch"], r["kind"]) for r in first
     ]
     assert [[r[k] for k in LOSSES] for r in resumed] == [[r[k] for k in LOSSES] for r in first]
+
+
+def interrupted_at_step(monkeypatch, interrupted: int, project, name, settings) -> None:
+    """Train with a Ctrl-C during optimizer step `interrupted` (counted from 1)."""
+    steps, step = 0, Trainer._apply_gradients
+
+    def interrupted_step(trainer):
+        nonlocal steps
+        steps += 1
+        if steps == interrupted:
+            os.kill(os.getpid(), signal.SIGINT)
+        step(trainer)
+
+    monkeypatch.setattr(Trainer, "_apply_gradients", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        read_metrics_of(project, name, settings)
+    monkeypatch.setattr(Trainer, "_apply_gradients", step)
 
 
 def read_metrics_of(project, name, settings) -> list:

@@ -66,20 +66,21 @@ class Metadata:
         return {"format": FORMAT, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data, source: str) -> "Metadata":
-        """Metadata from the content of a file (or a model's copy); `source` names it in errors."""
+    def from_dict(cls, data, source: str, remedy: str = "run `sequifier preprocess` again") -> "Metadata":
+        """Metadata from the content of a file (or a model's copy); `source` names it in errors,
+        `remedy` says how to get metadata of this version."""
         found = data.get("format") if isinstance(data, dict) else None
         if found in EARLIER_FORMATS:
             raise DataError(
                 f"{source}: metadata of format {found}, written by an earlier version of sequifier "
-                f"({EARLIER_FORMATS[found]}); run `sequifier preprocess` again"
+                f"({EARLIER_FORMATS[found]}); {remedy}"
             )
         newer = VERSION.match(found) if isinstance(found, str) else None
         if newer and int(newer.group(1)) > int(VERSION.match(FORMAT).group(1)):
             raise DataError(
                 f"{source}: metadata of format {found}, written by a newer version of sequifier "
                 f"({data.get('sequifier_version', 'unknown')}); this version reads {FORMAT}: upgrade "
-                "sequifier, or preprocess again with this version"
+                f"sequifier, or {remedy} with this version"
             )
         if found != FORMAT:
             raise DataError(
@@ -88,9 +89,7 @@ class Metadata:
         names = [field.name for field in fields(cls)]
         missing = [name for name in names if name not in data]
         if missing:
-            raise DataError(
-                f"{source}: the metadata lacks {', '.join(missing)}; run `sequifier preprocess` again"
-            )
+            raise DataError(f"{source}: the metadata lacks {', '.join(missing)}; {remedy}")
         return cls(**{name: data[name] for name in names})
 
     @classmethod

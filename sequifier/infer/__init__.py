@@ -1,8 +1,9 @@
 """`sequifier infer`: trained models applied to windows, results in the user's own format.
 
 `application.run` applies each model of the `plan`: a predictor (`predictors`) behind the
-`model_steps` that single predictions and generation share, outputs `decode`d, `generate`d with
-autoregression and written through `sinks`.
+`model_steps` that single predictions and generation share, which translate the data's ids and
+scales into the model's and `decode` its outputs back to values; `generate` runs autoregression,
+`sinks` write the outputs.
 
 `run` is imported on first use, so that importing a module of this package stays light.
 """

@@ -171,7 +171,9 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
             f"infer_with_dropout: true, but {model_path} was exported without dropout; "
             "use the pt model, or train with export_with_dropout: true"
         )
-    model_metadata = Metadata.from_dict(description["metadata"], f"the metadata of {model_path}")
+    model_metadata = Metadata.from_dict(
+        description["metadata"], f"the metadata of {model_path}", "train the model again"
+    )
     if config["metadata_config_path"]:
         metadata_path = plan.root / config["metadata_config_path"]
         data_metadata, metadata_name = Metadata.load(metadata_path), str(metadata_path)

@@ -16,9 +16,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 from sequifier.data.metadata import Metadata
 from sequifier.errors import ConfigError, DataError, ResourceError
-from sequifier.files import publish, read_json, remove, write_json
+from sequifier.files import content_hash, publish, read_json, remove, write_json
 from sequifier.preprocess import steps
-from sequifier.preprocess.plan import Plan, content_hash, make_plan, recorded_config
+from sequifier.preprocess.plan import Plan, make_plan, recorded_config
 
 logger = logging.getLogger(__name__)
 

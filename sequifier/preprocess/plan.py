@@ -4,7 +4,6 @@ The config is checked beyond its schema, the input's header read and its column 
 the number of parts chosen, and every path derived (outputs, metadata, the work folder).
 """
 
-import hashlib
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,16 +70,6 @@ class Plan:
     def split_path(self, k: int) -> Path:
         suffix = f".{self.config['write_format']}" if self.merged else ""
         return self.output / f"{self.name}-split{k}{suffix}"
-
-
-def content_hash(files: list[Path]) -> str:
-    """blake2b over the bytes of the input files, in order."""
-    digest = hashlib.blake2b(digest_size=16)
-    for path in files:
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(block)
-    return f"blake2b:{digest.hexdigest()}"
 
 
 def recorded_config(config: dict) -> dict:

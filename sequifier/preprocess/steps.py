@@ -22,7 +22,7 @@ from sequifier.data.streams import prefetched
 from sequifier.data.window_files import value_matrix, value_type, window_table, write_windows
 from sequifier.data.windows import UnevenStride, split_bounds, window_counts, windows_of_split
 from sequifier.errors import DataError
-from sequifier.files import atomic_path, read_json, write_json
+from sequifier.files import atomic_path, content_hash, read_json, write_json
 from sequifier.preprocess import encoding
 from sequifier.preprocess.partition import (
     Part,
@@ -33,7 +33,7 @@ from sequifier.preprocess.partition import (
     write_ipc,
     write_parts,
 )
-from sequifier.preprocess.plan import Plan, content_hash, recorded_config
+from sequifier.preprocess.plan import Plan, recorded_config
 from sequifier.preprocess.reader import read_batches
 
 logger = logging.getLogger(__name__)

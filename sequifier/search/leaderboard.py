@@ -82,6 +82,14 @@ def run_result(name: str, metrics_path: Path, models: Path) -> dict:
     }
 
 
+def outcome_row(name: str, status: dict | None, metrics_path: Path, models: Path) -> dict:
+    """A run's row from the status its lifecycle recorded (None: none) and, when it is done, its
+    metrics CSV and models; wall_s is the whole run's."""
+    if status is None or status["status"] != "done":
+        return {"run": name, "status": status["status"] if status else "failed"}
+    return {**run_result(name, metrics_path, models), "wall_s": status["wall_s"]}
+
+
 def ranked(results: list[dict], table: list[dict]) -> list[dict]:
     """Finished runs by best validation loss, then the others (failed, diverged); each with its
     point (its row of runs.csv, `table`)."""

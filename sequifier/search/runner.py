@@ -18,9 +18,9 @@ import yaml
 
 from sequifier import config as stage_config
 from sequifier.files import atomic_path, read_json
-from sequifier.search import leaderboard
-from sequifier.search import space as search
+from sequifier.search import leaderboard, space
 from sequifier.train.lifecycle import Run, launch_command
+from sequifier.train.metrics import metrics_file
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +33,11 @@ class Search:
         train_path = self.root / loaded["train_config_path"]
         base = stage_config.read_yaml(train_path)
         base["project_root"] = str(self.root / base.get("project_root", "."))  # one project: the search's
-        points = search.expand(
+        points = space.expand(
             loaded["space"], loaded["strategy"], loaded["n_samples"], loaded["seed"], source
         )
-        self.points = search.run_ids(points)
-        self.configs = search.run_configs(self.points, base, source, self.overrides)
+        self.points = space.run_ids(points)
+        self.configs = space.run_configs(self.points, base, source, self.overrides)
 
     def overrides(self, name: str, point: dict) -> dict:
         """What a run sets besides its point: its name, and its W&B group, name and tags."""
@@ -45,14 +45,14 @@ class Search:
             "model_name": name,
             "wandb.group": self.config["search_name"],
             "wandb.name": name,
-            "wandb.tags": search.tags(point),
+            "wandb.tags": space.tags(point),
         }
 
     def config_path(self, name: str) -> Path:
         return self.folder / "runs" / f"{name}.yaml"
 
     def write_runs(self) -> None:
-        leaderboard.write_table(self.folder / "runs.csv", search.points_table(self.points))
+        leaderboard.write_table(self.folder / "runs.csv", space.points_table(self.points))
         for name, resolved in self.configs.items():
             text = f"# Train config of run {name} of search {self.config['search_name']}.\n"
             text += yaml.safe_dump(resolved, sort_keys=False)
@@ -97,21 +97,18 @@ class Search:
     def metrics_paths(self) -> dict:
         """{run: metrics CSV} of the finished runs."""
         return {
-            name: Path(resolved["project_root"]) / resolved["logs_path"] / f"sequifier-{name}-metrics.csv"
+            name: metrics_file(Path(resolved["project_root"]) / resolved["logs_path"], name)
             for name, resolved in self.configs.items()
             if self.finished(name)
         }
 
     def results(self) -> list[dict]:
+        """A leaderboard row per run: its outcome, and its figures when it is done."""
         found, metrics = [], self.metrics_paths()
         for name, resolved in self.configs.items():
-            if name not in metrics:
-                found.append({"run": name, "status": "failed"})
-                continue
+            status = read_json(self.lifecycle(name).status) if name in metrics else None
             models = Path(resolved["project_root"]) / resolved["models_path"]
-            result = leaderboard.run_result(name, metrics[name], models)
-            result["wall_s"] = read_json(self.lifecycle(name).status)["wall_s"]  # the whole process
-            found.append(result)
+            found.append(leaderboard.outcome_row(name, status, metrics.get(name), models))
         return found
 
 
@@ -122,7 +119,7 @@ def run(loaded: dict, source: str = "hyperparameter-search config", jobs: int = 
     todo = [name for name in found.configs if not found.finished(name)]
     log.info("search %s: %d runs, %d to train", loaded["search_name"], len(found.configs), len(todo))
     found.train(todo, jobs)
-    rows = leaderboard.ranked(found.results(), search.points_table(found.points))
+    rows = leaderboard.ranked(found.results(), space.points_table(found.points))
     leaderboard.write_leaderboard(found.folder / "leaderboard.csv", rows)
     leaderboard.plot_curves(
         found.folder / "curves.png", found.metrics_paths(), f"search {loaded['search_name']}"

@@ -11,12 +11,12 @@ Its outcome, by the exit code of the training:
 - 1 or 2 (an error: bad settings, bad data, a crash): failed; an empty models folder and an empty
   metrics copy stand in for the outputs, so that the runs compared still have them.
 - anything else (killed by a signal or a time limit): incomplete; nothing is written, the stamp
-  and the checkpoints stay, and the next start resumes.
+  and the checkpoints stay, and the next start resumes. So is a run that received Ctrl-C or
+  SIGTERM and did not finish (torchrun exits with 1 when it is stopped).
 A finished run (done or failed) loses its stamp and writes its status JSON: run, status,
 exit_code, wall_s and the stamp of the inputs it was trained on.
 """
 
-import hashlib
 import os
 import shutil
 import signal
@@ -25,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sequifier.files import atomic_path, read_json, remove, write_json
+from sequifier.files import atomic_path, content_hash, read_json, remove, write_json
 
 STAMP = "inputs.cksum"
 OUTCOMES = {0: "done", 1: "failed", 2: "failed"}  # other exit codes: killed, incomplete
@@ -77,14 +77,11 @@ class Run:
     metrics: Path | None = None
     metrics_copy: Path | None = None
     models: Path | None = None
+    started_on: str | None = field(default=None, init=False)  # the stamp of the inputs at begin()
 
     def stamp(self) -> str:
-        """A digest of the input files and the number of GPUs."""
-        digest = hashlib.blake2b(digest_size=16)
-        for path in self.inputs:
-            digest.update(Path(path).read_bytes())
-        digest.update(f"gpus={self.gpus}".encode())
-        return digest.hexdigest()
+        """The content hash of the input files, and the number of GPUs."""
+        return f"{content_hash(self.inputs)} gpus={self.gpus}"
 
     def finished(self) -> bool:
         """Whether the run is done, trained on inputs with the stamp they have now."""
@@ -101,11 +98,13 @@ class Run:
         return {**os.environ, "OMP_NUM_THREADS": str(per_process)}
 
     def begin(self) -> None:
-        """Forget the last outcome, and keep the checkpoints only when they carry the same stamp."""
+        """Forget the last outcome, take the stamp of the inputs the run trains on, and keep the
+        checkpoints only when they carry the same stamp."""
         remove(self.status)
+        self.started_on = self.stamp()
         if self.checkpoints is None:
             return
-        stamp_path, stamp = Path(self.checkpoints) / STAMP, self.stamp()
+        stamp_path, stamp = Path(self.checkpoints) / STAMP, self.started_on
         if stamp_path.is_file() and stamp_path.read_text().strip() == stamp:
             return
         shutil.rmtree(self.checkpoints, ignore_errors=True)
@@ -121,10 +120,11 @@ class Run:
                 self.command, stdout=output, stderr=subprocess.STDOUT, env=self.environment()
             )
 
-    def finish(self, exit_code: int, wall_s: float) -> str | None:
-        """Record the outcome of the training; returns the status, or None when it was killed."""
+    def finish(self, exit_code: int, wall_s: float, stopped: bool = False) -> str | None:
+        """Record the outcome of the training; returns the status, or None when it was killed or
+        `stopped` (by Ctrl-C or SIGTERM)."""
         status = OUTCOMES.get(exit_code)
-        if status is None:
+        if status is None or (stopped and status == "failed"):  # torchrun stopped exits with 1
             return None
         if status == "done" and self.metrics_copy is not None:
             with atomic_path(self.metrics_copy) as tmp:
@@ -140,11 +140,11 @@ class Run:
             "status": status,
             "exit_code": exit_code,
             "wall_s": round(wall_s, 1),
-            "inputs": self.stamp(),
+            "inputs": self.started_on or self.stamp(),
         }
+        write_json(self.status, record)  # then the stamp goes: a kill in between keeps the checkpoints
         if self.checkpoints is not None:
             remove(Path(self.checkpoints) / STAMP)
-        write_json(self.status, record)
         return status
 
     def run_to_end(self) -> int:
@@ -153,21 +153,29 @@ class Run:
 
         A Ctrl-C reaches the training as well (the same process group): the run waits for it to
         save its checkpoint and exit. A SIGTERM (a time limit) is passed on to the training."""
-        started = time.monotonic()
-        process = self.start()
-        previous = signal.signal(signal.SIGTERM, lambda number, frame: process.terminate())
+        started, stopped, process = time.monotonic(), [], None
+
+        def on_term(number, frame):  # a time limit: stop the training too
+            stopped.append(number)
+            if process is not None:
+                process.terminate()
+
+        previous = signal.signal(signal.SIGTERM, on_term)
         try:
-            exit_code = _wait(process)
+            process = self.start()
+            if stopped:
+                process.terminate()
+            exit_code = _wait(process, stopped)
         finally:
             signal.signal(signal.SIGTERM, previous)
-        status = self.finish(exit_code, time.monotonic() - started)
+        status = self.finish(exit_code, time.monotonic() - started, stopped=bool(stopped))
         return 0 if status is not None else shell_exit_code(exit_code)
 
 
-def _wait(process: subprocess.Popen) -> int:
-    """The exit code of the process, waiting on through a Ctrl-C."""
+def _wait(process: subprocess.Popen, stopped: list) -> int:
+    """The exit code of the process, waiting on through a Ctrl-C (noted in `stopped`)."""
     while True:
         try:
             return process.wait()
         except KeyboardInterrupt:
-            continue
+            stopped.append(signal.SIGINT)

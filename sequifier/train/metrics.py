@@ -13,6 +13,11 @@ from pathlib import Path
 from sequifier.files import atomic_path
 
 
+def metrics_file(logs, model_name: str) -> Path:
+    """Where the metrics CSV of model `model_name` goes in the logs folder."""
+    return Path(logs) / f"sequifier-{model_name}-metrics.csv"
+
+
 def metric_columns(targets: list, categorical: list) -> list:
     per_target = [f"{split}_loss_{name}" for split in ("train", "validation") for name in targets]
     per_target += [f"validation_accuracy_{name}" for name in categorical]

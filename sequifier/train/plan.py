@@ -17,6 +17,7 @@ from sequifier.data.metadata import Metadata, metadata_path_of
 from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.model.network import ModelArgs
+from sequifier.train.metrics import metrics_file
 
 log = logging.getLogger(__name__)
 REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
@@ -44,7 +45,7 @@ class TrainPlan:
 
     @property
     def metrics_path(self) -> Path:
-        return self.logs / f"sequifier-{self.name}-metrics.csv"
+        return metrics_file(self.logs, self.name)
 
     @property
     def log_path(self) -> Path:

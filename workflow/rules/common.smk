@@ -7,9 +7,10 @@ from snakemake.utils import validate
 
 from sequifier import config as stage_config
 from sequifier.search import leaderboard
-from sequifier.search import space as search
+from sequifier.search import space
 from sequifier.preprocess.plan import make_plan
 from sequifier.train import lifecycle
+from sequifier.train.metrics import metrics_file
 
 
 validate(config, "../schemas/config.schema.yaml")
@@ -109,10 +110,10 @@ SEARCH = search_settings()
 if SEARCH is None:
     RUNS = {"default": {}}
 else:
-    POINTS = search.expand(
+    POINTS = space.expand(
         SEARCH["space"], SEARCH["strategy"], SEARCH["n_samples"], SEARCH["seed"], "config/config.yaml: search"
     )
-    RUNS = search.run_ids(POINTS)
+    RUNS = space.run_ids(POINTS)
 # The W&B group of the runs: the config's, else the search's name, else the experiment's.
 WANDB_GROUP = config["wandb"]["group"] or (config.get("search") or {}).get("search_name") or EXPERIMENT
 
@@ -130,7 +131,7 @@ def run_path(name):
     return f"{run_folder('{run}')}/{name}"
 
 
-def run_overrides(run, point=None):  # point: given by search.run_configs; RUNS[run] is used
+def run_overrides(run, point=None):  # point: given by space.run_configs; RUNS[run] is used
     """Where the run reads and writes, and how W&B names (run id), groups and tags (its point) it."""
     folder = run_folder(run)
     return {
@@ -143,13 +144,13 @@ def run_overrides(run, point=None):  # point: given by search.run_configs; RUNS[
         "wandb.project": config["wandb"]["project"],
         "wandb.group": WANDB_GROUP,
         "wandb.name": run,
-        "wandb.tags": search.tags(RUNS[run]),
+        "wandb.tags": space.tags(RUNS[run]),
     }
 
 
 # Resolved (defaults filled) and validated now, so that a bad train config or search space stops
 # the workflow before any job starts, with the file and the key named.
-RUN_CONFIGS = search.run_configs(
+RUN_CONFIGS = space.run_configs(
     RUNS,
     stage_config.read_yaml(config["train"]),
     "config/config.yaml: search" if SEARCH else config["train"],
@@ -198,7 +199,7 @@ def checkpoints_folder(wildcards):
 
 def package_metrics(wildcards):
     """The metrics CSV that `sequifier train` rewrites after every validation."""
-    return f"{RUN_CONFIGS[wildcards.run]['logs_path']}/sequifier-{wildcards.run}-metrics.csv"
+    return str(metrics_file(RUN_CONFIGS[wildcards.run]["logs_path"], wildcards.run))
 
 
 def write_leaderboard(output, log):
@@ -208,11 +209,8 @@ def write_leaderboard(output, log):
         status = json.loads(Path(run_folder(run), "status.json").read_text())
         if status["status"] == "done":
             metrics[run] = Path(run_folder(run), "metrics.csv")
-            result = leaderboard.run_result(run, metrics[run], Path(run_folder(run), "models"))
-            results.append({**result, "wall_s": status["wall_s"]})  # the whole job
-        else:
-            results.append({"run": run, "status": status["status"]})
-    table = search.points_table(RUNS)
+        results.append(leaderboard.outcome_row(run, status, metrics.get(run), Path(run_folder(run), "models")))
+    table = space.points_table(RUNS)
     rows = leaderboard.ranked(results, table)
     leaderboard.write_leaderboard(Path(output.table), rows)
     leaderboard.plot_curves(Path(output.plot), metrics, f"{EXPERIMENT}: validation loss")

@@ -52,7 +52,7 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "python -m sequifier train-run --run {wildcards.run} --inputs {input.config} {input.metadata} "
-        "--checkpoints {params.checkpoints} --metrics {params.metrics} --metrics-copy {output.metrics} "
-        "--models {output.models} --status {output.status} --log {log} --gpus {resources.gpu} "
+        "python -m sequifier train-run --run {wildcards.run:q} --inputs {input.config:q} {input.metadata:q} "
+        "--checkpoints {params.checkpoints:q} --metrics {params.metrics:q} --metrics-copy {output.metrics:q} "
+        "--models {output.models:q} --status {output.status:q} --log {log:q} --gpus {resources.gpu} "
         "--threads {threads} -- {params.training}"

@@ -1,7 +1,7 @@
 """The config reference in README.md, generated from the stage schemas and, in a checkout, the
 workflow's config schema.
 
-`python tools/reference.py README.md` rewrites the block between the markers; a test
+`python scripts/reference.py README.md` rewrites the block between the markers; a test
 checks that the README holds what the schemas say.
 """
 
