@@ -23,9 +23,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from preprocess import measure, print_table  # noqa: E402
-
 import tools as bench  # noqa: E402  (data, configs and tool runners shared by the benchmarks)
+from preprocess import measure, print_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OURS, ENV = bench.OURS, bench.ENV

@@ -34,7 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import print_table  # noqa: E402
-
 from tools import (  # noqa: E402
     ENV,
     HERE,

@@ -27,7 +27,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from preprocess import print_table  # noqa: E402  (the sibling benchmark's process runner)
-
 from tools import (  # noqa: E402
     HERE,
     OURS,
