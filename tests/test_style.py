@@ -13,5 +13,7 @@ PATHS = ["sequifier", "tests", "benchmarks", "scripts"]
 def test_ruff_lint_and_format():
     lint = subprocess.run([RUFF, "check", "--no-cache", *PATHS], cwd=REPO, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout
-    form = subprocess.run([RUFF, "format", "--no-cache", "--check", *PATHS], cwd=REPO, capture_output=True, text=True)
+    form = subprocess.run(
+        [RUFF, "format", "--no-cache", "--check", *PATHS], cwd=REPO, capture_output=True, text=True
+    )
     assert form.returncode == 0, form.stdout
