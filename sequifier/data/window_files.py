@@ -175,6 +175,15 @@ class WindowSource:
     seq_length: int
     width: int | None = None  # the stored windows' W (metadata seq_length): checked against the files
 
+    @classmethod
+    def of(cls, metadata, path: Path, fmt: str | None, keep, seq_length: int) -> "WindowSource":
+        """The windows at `path` as preprocess wrote them with `metadata` (fmt None: its write
+        format), read for the columns `keep` and `seq_length` items before each last one."""
+        return cls(
+            path, fmt or metadata.write_format, tuple(metadata.columns), metadata.column_types,
+            metadata.n_classes, tuple(keep), seq_length, metadata.seq_length,
+        )  # fmt: skip
+
     def files(self) -> list:
         if self.path.is_dir():
             files = sorted(p for p in self.path.iterdir() if p.suffix == f".{self.fmt}" and p.is_file())

@@ -184,11 +184,8 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
         _targets(plan, args) if config["model_type"] == "generative" else ([], [], [])
     )
     data_path = plan.root / (config["data_path"] or data_metadata.split_paths[-1])
-    windows = WindowSource(
-        data_path, config["read_format"] or data_metadata.write_format, tuple(data_metadata.columns),
-        data_metadata.column_types, data_metadata.n_classes,
-        tuple(name for name, *_ in args.input_columns), args.seq_length, data_metadata.seq_length,
-    )  # fmt: skip
+    inputs = [name for name, *_ in args.input_columns]
+    windows = WindowSource.of(data_metadata, data_path, config["read_format"], inputs, args.seq_length)
     return ModelSetup(
         output_base(model_path),
         data_path,

@@ -53,12 +53,9 @@ class TrainPlan:
 
     def window_source(self, path: Path) -> WindowSource:
         """How to read the windows at `path`: the stored columns, and the ones the model uses."""
-        metadata, config = self.metadata, self.config
-        keep = tuple(dict.fromkeys([*config["input_columns"], *config["target_columns"]]))
-        return WindowSource(
-            path, config["read_format"], tuple(metadata.columns), metadata.column_types,
-            metadata.n_classes, keep, config["seq_length"], metadata.seq_length,
-        )  # fmt: skip
+        config = self.config
+        keep = dict.fromkeys([*config["input_columns"], *config["target_columns"]])
+        return WindowSource.of(self.metadata, path, config["read_format"], keep, config["seq_length"])
 
     def model_args(self) -> ModelArgs:
         spec, metadata = self.config["model_spec"], self.metadata

@@ -51,7 +51,7 @@ class Trainer:
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
         self.objective = Objective(
-            plan.model_args(), spec, plan.config["model_spec"]["prediction_length"], self.device
+            self.model.args, spec, plan.config["model_spec"]["prediction_length"], self.device
         )
         in_ram, buffer, readahead = (
             spec["load_full_data_to_ram"],
