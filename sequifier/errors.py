@@ -13,6 +13,10 @@ class DataError(SequifierError):
     """An input table (or a file derived from it) is invalid."""
 
 
+class NumericError(SequifierError):
+    """Numbers that stopped being numbers: a training loss, or a model's outputs, not finite."""
+
+
 class ResourceError(SequifierError):
     """The machine ran out of something (memory, a worker process); the work can be resumed."""
 

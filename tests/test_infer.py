@@ -13,7 +13,7 @@ from conftest import run_cli
 from sequifier import config
 from sequifier.infer import run
 from sequifier.make import EXAMPLE_STATES
-from sequifier.model.export import load_bundle
+from sequifier.model.export import bundle_checksum, load_bundle
 from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 W = 16  # the example's window: 16 items, then the one predicted
@@ -246,6 +246,7 @@ def check_seeded_dropout(project, model: str, rtol: float) -> None:
 def test_monte_carlo_dropout_is_seeded(trained):
     bundle = torch.load(trained / model_file(trained), weights_only=True)  # tensors and plain data
     bundle["model_args"]["dropout"] = 0.3
+    bundle["checksum"] = bundle_checksum(bundle)  # a description changed on purpose
     torch.save(bundle, trained / "models" / "sequifier-dropout-best-1.pt")
     check_seeded_dropout(trained, "models/sequifier-dropout-best-1.pt", rtol=1e-5)
 

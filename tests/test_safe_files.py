@@ -42,7 +42,7 @@ def test_a_bundle_is_tensors_and_plain_data_and_reads_without_pickle(trained_pro
     assert (
         bundle.keys() == plain.keys() >= {"format", "kind", "model_args", "config", "metadata", "state_dict"}
     )
-    assert bundle["format"] == "sequifier-model/1" and bundle["kind"] == "generative"
+    assert bundle["format"] == "sequifier-model/2" and bundle["kind"] == "generative"
     assert bundle["metadata"]["id_maps"]["itemId"] == plain["metadata"]["id_maps"]["itemId"]
     assert all(isinstance(t, torch.Tensor) for t in bundle["state_dict"].values())
     model, loaded = load_bundle(path)

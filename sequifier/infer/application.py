@@ -87,8 +87,8 @@ class Application:
         positions = ids[START].astype(np.int64) + self.width
         context = self.model.encode(chunk)
         if self.model.embedding:
-            return self.model.embedding_tables(ids, positions, self.model.embed(context))
-        values, probabilities, _ = self.model.step(context)
+            return self.model.embedding_tables(ids, positions, self.model.embed(context, ids[SEQUENCE]))
+        values, probabilities, _ = self.model.step(context, ids[SEQUENCE])
         return self.model.prediction_tables(ids[SEQUENCE], positions, values, probabilities)
 
 

@@ -58,7 +58,7 @@ class Generation:
         """T steps for a batch of sequences; rows ordered by sequence, then step."""
         values, probabilities = [], []
         for _ in range(self.steps):
-            step_values, step_probabilities, items = self.model.step(context)
+            step_values, step_probabilities, items = self.model.step(context, sequences)
             values.append(step_values)
             probabilities.append(step_probabilities)
             context = _advance(context, items)

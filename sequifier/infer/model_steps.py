@@ -12,6 +12,7 @@ import numpy as np
 
 from sequifier.data.columns import POSITION, SEQUENCE, SUBSEQUENCE
 from sequifier.data.window_files import PAD
+from sequifier.errors import NumericError
 from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
 from sequifier.infer.plan import ModelSetup
 
@@ -52,25 +53,46 @@ class ModelSteps:
         window = slice(1, None) if self.embedding else slice(None, -1)
         return {name: np.ascontiguousarray(block[:, window]) for name, block in blocks.items()}
 
-    def step(self, context: dict) -> tuple[dict, dict, dict]:
-        """The next item of every context: (values per target, probabilities per target asked for,
-        the items in the model's encoding)."""
-        return self._decode(self._forward(context))
+    def step(self, context: dict, sequences: np.ndarray) -> tuple[dict, dict, dict]:
+        """The next item of every context (of the sequences `sequences`): (values per target,
+        probabilities per target asked for, the items in the model's encoding)."""
+        return self._decode(self._forward(context, sequences))
 
-    def embed(self, context: dict) -> np.ndarray:
+    def embed(self, context: dict, sequences: np.ndarray) -> np.ndarray:
         """The final hidden state of every context's last item: [batch, dim_model]."""
-        return self._forward(context)
+        return self._forward(context, sequences)
 
-    def _forward(self, context: dict):
-        """The predictor over contexts of any number, in batches of batch_size."""
+    def _forward(self, context: dict, sequences: np.ndarray):
+        """The predictor over contexts of any number, in batches of batch_size; outputs that are
+        not finite are an error (before anything of them is written)."""
         size, n = self.batch_size, len(next(iter(context.values())))
         parts = [
             self.predictor({k: v[start : start + size] for k, v in context.items()})
             for start in range(0, n, size)
         ]
         if isinstance(parts[0], np.ndarray):
-            return np.concatenate(parts)
-        return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+            outputs = np.concatenate(parts)
+        else:
+            outputs = {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        self._check_finite(outputs, sequences)
+        return outputs
+
+    def _check_finite(self, outputs, sequences: np.ndarray) -> None:
+        found = {"embedding": outputs} if isinstance(outputs, np.ndarray) else outputs
+        bad = np.zeros(len(sequences), dtype=bool)
+        for out in found.values():
+            bad |= ~np.isfinite(out.reshape(len(sequences), -1)).all(axis=1)
+        if not bad.any():
+            return
+        first = sequences[int(np.argmax(bad))]
+        first = first.item() if isinstance(first, np.generic) else first
+        names = ", ".join(name for name, out in found.items() if not np.isfinite(out).all())
+        raise NumericError(
+            f"{self.predictor.path}: the model's outputs ({names}) are not finite (NaN or inf) for "
+            f"{int(bad.sum())} of {len(bad)} windows (the first of sequenceId {first!r}); nothing is written "
+            "for this model: its weights are not finite (train again; the metrics show whether the loss "
+            "was), or the data's real values lie far beyond those it was trained on"
+        )
 
     def _decode(self, outputs: dict) -> tuple[dict, dict, dict]:
         """Per target: a real value, or a class (argmax, or a draw for the sampled targets)."""

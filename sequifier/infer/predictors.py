@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 class TorchPredictor:
     def __init__(self, path: Path, device: str, dropout: bool, source: str):
         model, bundle = load_bundle(path)
+        self.path = path
         self.description = {key: value for key, value in bundle.items() if key != "state_dict"}
         self.args = model.args
         self.device = device_of(device, source, key="device")
@@ -51,6 +52,7 @@ class OnnxPredictor:
             raise DataError(
                 f"{path}: cannot read this ONNX file ({type(error).__name__}: {str(error)[:200]})"
             ) from None
+        self.path = path
         self.description = read_onnx_description(path, proto)
         self.args = ModelArgs.from_dict(self.description["model_args"])
         options = onnxruntime.SessionOptions()

@@ -6,9 +6,14 @@ named by the column ([batch, seq_length], a dynamic batch axis), gives next_{tar
 values of the next item) or sequence_embedding, and holds its weights in the one file. It also
 carries the bundle's description without the weights (kind, epoch, model arguments, config and
 metadata) as JSON in its metadata property CONTRACT, so ONNX inference needs nothing else either.
+
+Both carry a sha256 checksum of their content (`checksum`: weights and description; in ONNX the
+property CHECKSUM, over the graph with its weights and the description), verified when the file
+is read: a file damaged on disk or in a copy is refused instead of giving wrong numbers.
 """
 
 import copy
+import hashlib
 import json
 import logging
 import re
@@ -23,8 +28,11 @@ from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain
 from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 log = logging.getLogger(__name__)
-FORMAT = "sequifier-model/1"
+FORMAT = "sequifier-model/2"
+EARLIER_FORMATS = {"sequifier-model/1": "it carries no checksum of its weights, so damage cannot be told"}
 CONTRACT = "sequifier"
+CHECKSUM = "sequifier-sha256"
+DAMAGED = "the file is damaged: export it again (train again), or copy it again from where it is intact"
 
 
 def describe(model: Transformer, kind: str, epoch: int, config: dict, metadata: dict, dropout: bool) -> dict:
@@ -45,8 +53,44 @@ def write_bundle(path: Path, model: Transformer, description: dict):
     with torch.load(weights_only=True)."""
     weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     bundle = {**_plain(description), "state_dict": weights}
+    bundle["checksum"] = bundle_checksum(bundle)
     with atomic_path(path) as tmp:
         torch.save(bundle, tmp)
+
+
+def _canonical(value):
+    """A description as JSON text that does not depend on the order of keys (keys as text)."""
+
+    def keyed(item):
+        if isinstance(item, dict):
+            return {str(key): keyed(inner) for key, inner in item.items()}
+        if isinstance(item, (list, tuple)):
+            return [keyed(inner) for inner in item]
+        return item
+
+    return json.dumps(keyed(value), sort_keys=True)
+
+
+def bundle_checksum(bundle: dict) -> str:
+    """sha256 over a bundle's description and its weights (names, types, shapes and bytes)."""
+    digest = hashlib.sha256()
+    description = {key: value for key, value in bundle.items() if key not in ("state_dict", "checksum")}
+    digest.update(_canonical(description).encode())
+    for key in sorted(bundle["state_dict"]):
+        tensor = bundle["state_dict"][key].detach().cpu().contiguous()
+        digest.update(f"\n{key} {tensor.dtype} {tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return f"sha256:{digest.hexdigest()}"
+
+
+def _check_format(path: Path, found, what: str) -> None:
+    if found in EARLIER_FORMATS:
+        raise DataError(
+            f"{path}: a model of format {found}, written by an earlier version of sequifier "
+            f"({EARLIER_FORMATS[found]}); train again with this version"
+        )
+    if found != FORMAT:
+        raise DataError(f"{path}: not {what} (expected format {FORMAT})")
 
 
 def _plain(value):
@@ -83,8 +127,14 @@ def read_bundle(path) -> dict:
         raise DataError(
             f"{path}: cannot read this model file ({type(error).__name__}: {first_line(error)})"
         ) from None
-    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
-        raise DataError(f"{path}: not a sequifier model bundle (expected format {FORMAT})")
+    found = bundle.get("format") if isinstance(bundle, dict) else None
+    _check_format(path, found, "a sequifier model bundle")
+    try:
+        found = bundle_checksum(bundle)
+    except Exception as error:  # weights that are not tensors, a description that is not JSON
+        raise DataError(f"{path}: not a sequifier model bundle ({first_line(error)})") from None
+    if bundle.get("checksum") != found:
+        raise DataError(f"{path}: the checksum of its weights and description does not match; {DAMAGED}")
     return bundle
 
 
@@ -168,16 +218,37 @@ def write_onnx(path: Path, model: Transformer, description: dict) -> None:
             verbose=False,
         )
         proto = onnx.load(str(tmp))
-        proto.metadata_props.add(key=CONTRACT, value=json.dumps(description))
+        contract = json.dumps(description)
+        proto.metadata_props.add(key=CONTRACT, value=contract)
+        proto.metadata_props.add(key=CHECKSUM, value=onnx_checksum(proto, contract))
         onnx.save(proto, str(tmp))
 
 
+def onnx_checksum(proto, contract: str) -> str:
+    """sha256 over an ONNX model's graph (with its weights), its functions and its description."""
+    digest = hashlib.sha256(proto.graph.SerializeToString())
+    for function in proto.functions:
+        digest.update(function.SerializeToString())
+    digest.update(contract.encode())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def read_onnx_description(path: Path, proto) -> dict:
-    """The description an ONNX export carries; a file without one is a clear error."""
+    """The description an ONNX export carries, its checksum verified; a file without one, or
+    damaged, is a clear error."""
     props = {prop.key: prop.value for prop in proto.metadata_props}
-    description = json.loads(props[CONTRACT]) if CONTRACT in props else None
-    if not isinstance(description, dict) or description.get("format") != FORMAT:
+    contract, checksum = props.get(CONTRACT), props.get(CHECKSUM)
+    if contract is not None and checksum is not None and checksum != onnx_checksum(proto, contract):
+        raise DataError(f"{path}: the checksum of its weights and description does not match; {DAMAGED}")
+    try:
+        description = json.loads(contract) if contract is not None else None
+    except ValueError:
+        description = None
+    if not isinstance(description, dict) or description.get("format") not in (FORMAT, *EARLIER_FORMATS):
         raise DataError(f"{path}: not an ONNX model exported by sequifier train (no {FORMAT} description)")
+    _check_format(path, description["format"], "an ONNX model exported by sequifier train")
+    if checksum is None:
+        raise DataError(f"{path}: the checksum of its weights and description is missing; {DAMAGED}")
     return description
 
 

@@ -6,15 +6,19 @@ unless a precomputed map fixes them.
 """
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sequifier.data.columns import FIRST_ID, MASK_ID, OTHER_ID, PADDING_ID
+from sequifier.data.columns import FIRST_ID, MASK_ID, OTHER_ID, PADDING_ID, SEQUENCE
 from sequifier.data.metadata import Metadata
 from sequifier.errors import DataError
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # training and inference read real values as float32
+RESCALE = "rescale the column before preprocessing (divide it by a power of ten, or take a logarithm)"
 
 
 def value_counts(column) -> dict:
@@ -75,28 +79,49 @@ def load_precomputed_map(path: Path, column: str, dtype: str) -> dict:
     return id_map
 
 
-def sequence_moments(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per sequence: mean and sum of squared deviations (M2) of a real column, whose `values` are
-    the sequences' rows one after the other, `counts` of them per sequence (0 gives 0 and 0)."""
-    mean, m2 = np.zeros(len(counts)), np.zeros(len(counts))
+def sequence_moments(values: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per sequence of a real column, whose `values` are the sequences' rows one after the other,
+    `counts` of them per sequence: (mean, M2, exponent), M2 the sum of squared deviations in units
+    of 4 ** exponent, 2 ** exponent above the sequence's largest magnitude (0, 0, 0 for none).
+
+    The values are scaled by that power of two (exactly) before they are summed, so that neither
+    the sums nor M2 overflow, even for values near the float64 limit."""
+    mean, m2, exponent = np.zeros(len(counts)), np.zeros(len(counts)), np.zeros(len(counts), dtype=np.int64)
     filled = counts > 0
     starts = (np.cumsum(counts) - counts)[filled]
     if len(starts):
-        mean[filled] = np.add.reduceat(values, starts) / counts[filled]
-        deviation = values - np.repeat(mean, counts)
+        exponent[filled] = np.frexp(np.maximum.reduceat(np.abs(values), starts))[1]
+        scaled = np.ldexp(values, -np.repeat(exponent, counts))
+        scaled_mean = np.zeros(len(counts))
+        scaled_mean[filled] = np.add.reduceat(scaled, starts) / counts[filled]
+        deviation = scaled - np.repeat(scaled_mean, counts)
         m2[filled] = np.add.reduceat(deviation * deviation, starts)
-    return mean, m2
+        mean = np.ldexp(scaled_mean, exponent)
+    return mean, m2, exponent
 
 
-def combine_moments(counts: np.ndarray, means: np.ndarray, m2: np.ndarray) -> tuple[float, float]:
-    """Mean and sample standard deviation of the whole column from per-sequence moments."""
+def combine_moments(counts: np.ndarray, means: np.ndarray, m2: np.ndarray, exponents: np.ndarray) -> tuple:
+    """Mean and sample standard deviation of the whole column from per-sequence moments
+    (`sequence_moments`), summed in units of the largest power of two; inf or NaN where the result
+    itself does not fit in a float64."""
     total = counts.sum()
     if total == 0:
         return 0.0, 0.0
-    mean = float(np.sum(counts * means) / total)
-    spread = float(np.sum(m2) + np.sum(counts * (means - mean) ** 2))
-    std = float(np.sqrt(spread / (total - 1))) if total > 1 else 0.0
-    return mean, std
+    top = int(exponents[counts > 0].max())
+    with np.errstate(over="ignore", invalid="ignore"):
+        scaled_means = np.ldexp(means, -top)
+        scaled_mean = np.sum(counts * scaled_means) / total
+        within = np.sum(np.ldexp(m2, 2 * (exponents - top)))
+        spread = within + np.sum(counts * (scaled_means - scaled_mean) ** 2)
+        std = float(np.ldexp(np.sqrt(spread / (total - 1)), top)) if total > 1 else 0.0
+        return float(np.ldexp(scaled_mean, top)), std
+
+
+def sequence_extremes(values: np.ndarray, starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per sequence (of at least one row, starting at `starts`): the smallest and largest value."""
+    if len(starts) == 0:
+        return np.zeros(0), np.zeros(0)
+    return np.minimum.reduceat(values, starts), np.maximum.reduceat(values, starts)
 
 
 class ColumnEncoder:
@@ -119,8 +144,47 @@ class ColumnEncoder:
                 values = values.to_numpy()
             values = np.asarray(values, dtype=np.float64)
             mean, std = self.scale(column)
-            return (values if (mean, std) == (0.0, 1.0) else (values - mean) / std), 0
+            if (mean, std) == (0.0, 1.0):
+                return values, 0
+            with np.errstate(over="ignore", invalid="ignore"):  # checked: steps.check_real_values
+                return (values - mean) / std, 0
         keys, ids = self._lookups[column]
         index = pc.index_in(values, value_set=keys).fill_null(-1).to_numpy()
         unknown = index < 0
         return np.where(unknown, OTHER_ID, ids[index]), int(unknown.sum())
+
+
+def check_real_values(source, metadata: Metadata, sequences: pa.Table) -> None:
+    """Refuse a real column whose statistics are not finite, or whose values, encoded as the windows
+    hold them, are not finite float32 numbers. `sequences` holds per sequence the column's smallest
+    and largest value ({column}.min, {column}.max), whose encodings bound all others."""
+    encoder, ids = ColumnEncoder(metadata), sequences.column(SEQUENCE)
+    fitted = "every split" if metadata.fit_on_all_splits else "the training split"
+    for column in metadata.real_columns:
+        extremes = np.concatenate([sequences.column(f"{column}.{end}").to_numpy() for end in ("min", "max")])
+        n = len(extremes) // 2
+        for statistics, over in (
+            (metadata.selected_columns_statistics, fitted),
+            (metadata.training_statistics, "the training split"),
+        ):
+            for key, name in (("mean", "mean"), ("std", "standard deviation")):
+                if not math.isfinite(statistics[column][key]):
+                    i = int(np.argmax(np.abs(extremes)))
+                    raise DataError(
+                        f"{source}: real column '{column}': its {name} over {over} is "
+                        f"{statistics[column][key]}, not a finite number (its values reach "
+                        f"{extremes[i]:.6g}, sequenceId {ids[i % n].as_py()!r}); {RESCALE}"
+                    )
+        encoded = encoder.encode(column, extremes)[0]
+        bad = np.flatnonzero(~(np.abs(encoded) <= FLOAT32_MAX))
+        if len(bad):
+            i = int(bad[0])
+            mean, std = metadata.scale(column)
+            how, advice = "(normalize_real_columns is false)", ", or set normalize_real_columns: true"
+            if metadata.normalize_real_columns:
+                how, advice = f"after standardizing (mean {mean:.6g}, std {std:.6g})", ""
+            raise DataError(
+                f"{source}: real column '{column}': value {extremes[i]:.6g} (sequenceId "
+                f"{ids[i % n].as_py()!r}) is {encoded[i]:.6g} {how}, beyond the float32 numbers the "
+                f"model reads (up to {FLOAT32_MAX:.6g} in magnitude); {RESCALE}{advice}"
+            )

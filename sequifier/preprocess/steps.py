@@ -125,11 +125,15 @@ def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
     }
     for column in plan.columns.real():
         values = part.table.column(column).to_numpy()
-        mean, m2 = encoding.sequence_moments(values[training], training_lengths)
-        sequences[f"{column}.mean"], sequences[f"{column}.m2"] = pa.array(mean), pa.array(m2)
+        fits = [(column, values[training], training_lengths)]
         if config["fit_on_all_splits"]:
-            mean, m2 = encoding.sequence_moments(values, part.lengths)
-            sequences[f"{column}.all.mean"], sequences[f"{column}.all.m2"] = pa.array(mean), pa.array(m2)
+            fits.append((f"{column}.all", values, part.lengths))
+        for prefix, fitted, lengths in fits:
+            moments = encoding.sequence_moments(fitted, lengths)
+            for name, found in zip(("mean", "m2", "exp"), moments):
+                sequences[f"{prefix}.{name}"] = pa.array(found)
+        low, high = encoding.sequence_extremes(values, part.starts[:-1])
+        sequences[f"{column}.min"], sequences[f"{column}.max"] = pa.array(low), pa.array(high)
     masks = [pa.array(splits == k) for k in range(len(plan.strides))]
     summary = {
         "rows": int(part.lengths.sum()),
@@ -214,8 +218,7 @@ def _statistics(plan: Plan, sequences: pa.Table, fitted_on_all: bool) -> dict:
         prefix, length = (f"{column}.all", "length") if fitted_on_all else (column, "training_length")
         mean, std = encoding.combine_moments(
             sequences.column(length).to_numpy(),
-            sequences.column(f"{prefix}.mean").to_numpy(),
-            sequences.column(f"{prefix}.m2").to_numpy(),
+            *(sequences.column(f"{prefix}.{name}").to_numpy() for name in ("mean", "m2", "exp")),
         )
         statistics[column] = {"mean": mean, "std": std}
     return statistics
@@ -289,6 +292,7 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> Me
         n_windows=dict(zip(names, np.sum([s["windows"] for s in scans], axis=0).tolist())),
         preprocess_config=recorded_config(config),
     )
+    encoding.check_real_values(plan.root / config["data_path"], metadata, sequences)
     metadata.save(metadata_path)
     return metadata
 

@@ -31,7 +31,7 @@ RESUMABLE = (
     "models_path", "checkpoints_path", "logs_path", "wandb.", "training_spec.epochs",
     "training_spec.continue_training", "training_spec.device", "training_spec.num_workers",
     "training_spec.log_interval", "training_spec.save_interval_epochs", "training_spec.early_stopping_epochs",
-    "training_spec.class_share_log_columns",
+    "training_spec.class_share_log_columns", "training_spec.max_nonfinite_steps",
 )  # fmt: skip
 
 

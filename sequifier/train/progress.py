@@ -17,6 +17,7 @@ class Progress:
     best_state: dict | None = None
     stale_epochs: int = 0
     pending_record: int = 0  # the batch whose interval validation was interrupted
+    nonfinite_steps: int = 0  # optimizer steps skipped in a row, their loss or gradient not finite
     elapsed: float = 0.0
     train_sums: dict = field(default_factory=dict)  # of the epoch under way
     rows: list = field(default_factory=list)
@@ -24,6 +25,11 @@ class Progress:
     def step_done(self, batches_done: int, train_sums: dict) -> None:
         """One more optimizer step: the epoch's batches done so far and their loss sums."""
         self.steps, self.batches_done, self.train_sums = self.steps + 1, batches_done, dict(train_sums)
+        self.nonfinite_steps = 0
+
+    def step_skipped(self, batches_done: int) -> None:
+        """An optimizer step skipped, its loss or gradient not finite: its batches done, not counted."""
+        self.batches_done, self.nonfinite_steps = batches_done, self.nonfinite_steps + 1
 
     def epoch_done(self, epoch: int, validation_loss: float, model) -> None:
         """The epoch done: its model the best so far, or one more epoch without a better loss."""

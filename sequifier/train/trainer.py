@@ -17,7 +17,7 @@ from tqdm import tqdm
 from sequifier.data.window_files import PAD
 from sequifier.errors import ConfigError
 from sequifier.model.network import Transformer
-from sequifier.train import checkpoint, distributed
+from sequifier.train import checkpoint, distributed, nonfinite
 from sequifier.train.datasets import open_windows
 from sequifier.train.evaluation import Evaluator, add, means, weighted_total
 from sequifier.train.metrics import (
@@ -145,16 +145,17 @@ class Trainer:
         """Train on the epoch's batches from where the progress stands: a micro-step per batch, an
         optimizer step at the end of each accumulation group, then a validation when log_interval is
         due. Returns the train losses and the windows per second (all processes, without validation)."""
-        run = self._start_epoch(epoch, tracker)
+        run, group_sums = self._start_epoch(epoch, tracker), {}
         for i, batch in enumerate(self._batches(run), start=self.progress.batches_done):
             group = self._group(i, run.batches)
             if i == group.start:
                 torch.manual_seed(self._group_seed(epoch, group.start))
-            add(run.sums, self._micro_step(batch, len(group), last=i == group[-1]))
+                group_sums = {}
+            add(group_sums, self._micro_step(batch, len(group), last=i == group[-1]))
             run.windows += len(batch[PAD])
             if i == group[-1]:
                 due = self._interval_due(group, run.batches)
-                self._optimizer_step(run.sums, batches_done=group.stop, record_due=due)
+                self._optimizer_step(run, group, group_sums, record_due=due)
                 if due:
                     self._record_interval(run, self._windows_per_second(run), tracker)
         return self._reduce(run.sums), self._windows_per_second(run)
@@ -204,27 +205,52 @@ class Trainer:
             self.scaler.scale(self.objective.total(losses) / group_size).backward()
         return losses
 
-    def _optimizer_step(self, sums: dict, batches_done: int, record_due: bool) -> None:
+    def _optimizer_step(self, run: EpochRun, group: range, group_sums: dict, record_due: bool) -> None:
         """Apply the group's gradients and note the progress, all or nothing (Ctrl-C waits for both);
         an interval validation due after the step is marked pending in the same breath, so that a
-        resumed run does not skip it."""
+        resumed run does not skip it. A step whose loss or gradient is not finite is skipped: too
+        many of them in a row stop training (nonfinite.py)."""
         with checkpoint.uninterrupted():
-            self._apply_gradients()
-            self.progress.step_done(batches_done, sums)
+            applied, grad_norm = self._apply_gradients(group_sums)
+            if applied:
+                add(run.sums, group_sums)
+                self.progress.step_done(group.stop, run.sums)
+            else:
+                self.progress.step_skipped(group.stop)
             if record_due:
-                self.progress.pending_record = batches_done
+                self.progress.pending_record = group.stop
+        limit, count = self.spec["max_nonfinite_steps"], self.progress.nonfinite_steps
+        if count > limit:
+            latest = checkpoint.latest(self.plan.checkpoints, self.plan.name)
+            raise nonfinite.stop_error(
+                self.plan.source, run.number, group, group_sums, grad_norm, count, limit, latest
+            )
+        if count and not applied and self.process.main:
+            log.warning(
+                "epoch %d batch %d: the loss or its gradient is not finite; step skipped (%d in a row, "
+                "training_spec.max_nonfinite_steps: %d)", run.number, group.stop, count, limit,
+            )  # fmt: skip
 
-    def _apply_gradients(self) -> None:
-        """Unscale and clip the gradients (if asked), step the optimizer and the gradient scaler,
-        clear the gradients and step the scheduler."""
-        if self.spec["gradient_clip"] is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.spec["gradient_clip"])
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+    def _apply_gradients(self, group_sums: dict) -> tuple:
+        """Unscale and clip the gradients (by gradient_clip, if set); when the group's losses and the
+        gradient norm are finite on every process, step the optimizer, the gradient scaler and the
+        scheduler. Clears the gradients; returns (whether the step was applied, the norm checked:
+        None with fp16, whose scaler itself skips the steps of non-finite gradients)."""
+        self.scaler.unscale_(self.optimizer)
+        clip = self.spec["gradient_clip"] or math.inf  # inf: the norm only
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        fp16 = self.scaler.is_enabled()
+        grad_norm = None if fp16 else grad_norm
+        applied = nonfinite.finite_step(self.process, group_sums, grad_norm)
+        if applied:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        elif fp16:
+            self.scaler.update(self.scaler.get_scale())  # forget the gradients unscaled for this step
         self.optimizer.zero_grad(set_to_none=True)
-        if self.schedule is not None:
+        if applied and self.schedule is not None:
             self.schedule.after_step()
+        return applied, grad_norm
 
     def _interval_due(self, group: range, batches: int) -> bool:
         """Whether the group passed a multiple of log_interval before the epoch's end (its own row)."""
@@ -344,7 +370,7 @@ class Trainer:
             self.save_checkpoint()
             raise
         if p.best_state is None:  # no finite validation loss: the best model is the last one
-            p.best_epoch = p.epoch
+            p.best_epoch, p.best_loss = p.epoch, math.nan
         tracker.summary({"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch})
 
 
