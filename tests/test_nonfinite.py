@@ -70,7 +70,7 @@ REFUSED = {
     "value beyond float64": (
         [*["1.0"] * 30, "1e309", *["1.0"] * 9],
         {},
-        ["data/t.csv line 33: real column 'x' is inf (sequenceId 2)", "must be finite"],
+        ["data/t.csv line 32: real column 'x' is inf (sequenceId 2)", "must be finite"],
     ),
 }
 
