@@ -168,12 +168,12 @@ def interrupted_at_step(monkeypatch, interrupted: int, project, name, settings) 
     """Train with a Ctrl-C during optimizer step `interrupted` (counted from 1)."""
     steps, step = 0, Trainer._apply_gradients
 
-    def interrupted_step(trainer):
+    def interrupted_step(trainer, *args):
         nonlocal steps
         steps += 1
         if steps == interrupted:
             os.kill(os.getpid(), signal.SIGINT)
-        step(trainer)
+        return step(trainer, *args)
 
     monkeypatch.setattr(Trainer, "_apply_gradients", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
