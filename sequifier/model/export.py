@@ -129,9 +129,12 @@ def read_bundle(path) -> dict:
         ) from None
     found = bundle.get("format") if isinstance(bundle, dict) else None
     _check_format(path, found, "a sequifier model bundle")
+    weights = bundle.get("state_dict")
+    if not isinstance(weights, dict) or not all(isinstance(t, torch.Tensor) for t in weights.values()):
+        raise DataError(f"{path}: not a sequifier model bundle (its state_dict is not a dict of tensors)")
     try:
         found = bundle_checksum(bundle)
-    except Exception as error:  # weights that are not tensors, a description that is not JSON
+    except (TypeError, ValueError) as error:  # a description that is not plain data
         raise DataError(f"{path}: not a sequifier model bundle ({first_line(error)})") from None
     if bundle.get("checksum") != found:
         raise DataError(f"{path}: the checksum of its weights and description does not match; {DAMAGED}")
