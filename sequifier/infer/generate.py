@@ -52,7 +52,9 @@ class Generation:
         sequences, last, step = (np.concatenate([p[i] for p in self.pending]) for i in range(3))
         context = {name: np.concatenate([p[3][name] for p in self.pending]) for name in self.pending[0][3]}
         self.pending, self.count = [], 0
-        return self._generate(sequences, last + step[:, None] * np.arange(self.steps)[None, :], context)
+        return self._generate(
+            sequences, last[:, None] + step[:, None] * np.arange(self.steps)[None, :], context
+        )
 
     def _generate(self, sequences: np.ndarray, positions: np.ndarray, context: dict) -> list:
         """T steps for a batch of sequences (`positions`: [batch, T]); rows ordered by sequence, then step."""
