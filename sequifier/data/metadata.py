@@ -3,8 +3,10 @@
 It holds everything data-dependent that later stages need: columns and their types, id maps,
 class counts, real-column statistics, the window length, the splits and their paths (relative
 to the project root), row and window counts, the preprocess config and a hash of the input.
-Its `fingerprint` is a hash of all of that (every field but the version that wrote it); every
-window file carries the fingerprint of the metadata it was written with (fingerprints.py).
+Its `fingerprint` is a hash of what defines the windows and their encoding (every field but
+where the input and the outputs are and which version wrote them: `UNHASHED`; of the preprocess
+config, the keys that choose the windows: `WINDOW_KEYS`); every window file carries the
+fingerprint of the metadata it was written with (fingerprints.py).
 The file is JSON with a `format` key; `Metadata.load` checks it and names what is wrong with a
 file of another version, or one edited since it was written. Checkpoints and exported models
 carry the same content as a dict (`to_dict`).
@@ -27,7 +29,11 @@ EARLIER_FORMATS = {
     "sequifier-metadata/2": "its windows carry no fingerprint that ties them to it, nor the itemPositions of "
     "their last items",
 }
-UNHASHED = ("sequifier_version", "fingerprint")
+UNHASHED = (
+    "sequifier_version", "fingerprint", "data_path", "input_hash", "split_paths", "write_format",
+    "merge_output", "preprocess_config",
+)  # fmt: skip
+WINDOW_KEYS = ("stride_by_split", "subsequence_start_mode", "seed", "max_rows", "process_by_file")
 SPLIT_NAMES = {1: ["train"], 2: ["train", "validation"], 3: ["train", "validation", "test"]}
 
 
@@ -68,10 +74,11 @@ class Metadata:
     n_windows: dict  # per split name
     preprocess_config: dict  # the config, without the keys that change how, not what, is computed
     n_irregular_sequences: int  # sequences whose itemPositions do not have one step throughout
-    fingerprint: str = ""  # a hash of every other field but sequifier_version (`fingerprinted`)
+    fingerprint: str = ""  # a hash of the encoding and the windows (`content_hash`)
 
     def content_hash(self) -> str:
         content = {k: v for k, v in asdict(self).items() if k not in UNHASHED}
+        content["windows"] = {k: self.preprocess_config.get(k) for k in WINDOW_KEYS}
         as_read = json.loads(json.dumps(content))  # the content as the file gives it back
         text = json.dumps(as_read, sort_keys=True, separators=(",", ":"))
         return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
