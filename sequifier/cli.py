@@ -202,6 +202,9 @@ def _run_preprocess_step(args, config) -> None:
     elif args.step == "scan":
         steps.scan(plan, args.part)
     elif args.step == "reduce":
+        from sequifier.preprocess.ownership import check_outputs
+
+        check_outputs(plan)  # before the metadata of another input's run could be replaced
         steps.reduce(plan, plan.metadata_path)
     elif args.step == "windows":
         steps.windows(plan, Metadata.load(plan.metadata_path), args.part)

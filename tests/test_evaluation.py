@@ -166,23 +166,34 @@ def test_data_of_another_version_is_refused_with_advice(project):
     project.write_data(sequences_table(n_sequences=10))
     metadata = project.preprocess(seq_length=W, split_ratios=RATIOS)
     validation = project.root / metadata["split_paths"][1]
-    pq.write_table(pq.read_table(validation).drop_columns(["contextSlots"]), validation)
+    written = pq.read_table(validation)
+    pq.write_table(written.replace_schema_metadata(None), validation)  # as sequifier-metadata/2 wrote them
+    with pytest.raises(DataError, match="carry no fingerprint .* run `sequifier preprocess` again") as error:
+        train(project, "old")
+    assert str(validation) in str(error.value)
+    pq.write_table(written.drop_columns(["contextSlots"]), validation)  # as sequifier-metadata/1 wrote them
     with pytest.raises(DataError, match="have no contextSlots .* run `sequifier preprocess` again") as error:
         train(project, "old")
     assert str(validation) in str(error.value)
 
     path = project.root / "configs" / "metadata_configs" / "table.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format": "sequifier-metadata/1"}))
-    with pytest.raises(DataError, match="format sequifier-metadata/1, written by an earlier version"):
-        train(project, "old")
+    content = json.loads(path.read_text())
+    for old in ["sequifier-metadata/1", "sequifier-metadata/2"]:
+        path.write_text(json.dumps({**content, "format": old}))
+        with pytest.raises(DataError, match=f"format {old}, written by an earlier version .* preprocess"):
+            train(project, "old")
 
-    path.write_text(json.dumps({**json.loads(path.read_text()), "format": "sequifier-metadata/3"}))
-    with pytest.raises(DataError, match="format sequifier-metadata/3, written by a newer version .* upgrade"):
+    path.write_text(json.dumps({**content, "format": "sequifier-metadata/4"}))
+    with pytest.raises(DataError, match="format sequifier-metadata/4, written by a newer version .* upgrade"):
         train(project, "newer")
-    incomplete = {k: v for k, v in json.loads(path.read_text()).items() if k != "id_maps"}
-    path.write_text(json.dumps({**incomplete, "format": "sequifier-metadata/2"}))
+    incomplete = {k: v for k, v in content.items() if k != "id_maps"}
+    path.write_text(json.dumps(incomplete))
     with pytest.raises(DataError, match="table.json: the metadata lacks id_maps"):
         train(project, "incomplete")
+    edited = {**content, "id_maps": {**content["id_maps"], "item": {"v1": 3, "v0": 4}}}
+    path.write_text(json.dumps(edited))
+    with pytest.raises(DataError, match="table.json: the metadata was changed after it was written"):
+        train(project, "edited")
 
 
 @pytest.mark.parametrize("in_ram", [True, False])

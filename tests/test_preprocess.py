@@ -55,10 +55,14 @@ def test_windows_hold_the_tables_values(project):
     splits = items_of_splits(table, [0.6, 0.2, 0.2])
     for k in range(3):
         windows = project.split(k)
-        assert list(windows.columns[:5]) == [
-            "sequenceId", "subsequenceId", "startItemPosition", "contextSlots", "inputCol"
+        assert list(windows.columns[:7]) == [
+            "sequenceId", "subsequenceId", "startItemPosition", "lastItemPosition", "positionStep",
+            "contextSlots", "inputCol",
         ]  # fmt: skip
-        assert list(windows.columns[5:]) == [str(i) for i in range(W, -1, -1)]
+        assert list(windows.columns[7:]) == [str(i) for i in range(W, -1, -1)]
+        # consecutive itemPositions: the last item W on from the first slot, one step before it
+        assert (windows.lastItemPosition == windows.startItemPosition + W).all()
+        assert (windows.positionStep == 1).all()
         assert len(windows) == 3 * metadata["n_windows"][metadata["split_names"][k]]
         assert_windows_match_table(windows, metadata, table, splits[k])
         for window in windows[windows.inputCol == "item"].itertuples():
@@ -169,12 +173,15 @@ def test_csv_output_and_folder_of_shards(project):
     project.write_data(sequences_table())
     project.preprocess(write_format="csv")
     csv = project.split(1, fmt="csv")
+    assert set(csv.metadataFingerprint) == {project.metadata()["fingerprint"]}  # in every row
     project.preprocess(merge_output=False, batches_per_file=10)
     shards = sorted((project.root / "data" / "table-split1").glob("part-*.parquet"))
     folder = pd.concat([pd.read_parquet(s) for s in shards], ignore_index=True)
     assert len(folder) == len(csv) and folder.sequenceId.tolist() == csv.sequenceId.tolist()
-    np.testing.assert_allclose(folder.iloc[:, 5:].to_numpy(float), csv.iloc[:, 5:].to_numpy(float), atol=1e-6)
-    assert folder.contextSlots.tolist() == csv.contextSlots.tolist()
+    values = [str(i) for i in range(W, -1, -1)]
+    np.testing.assert_allclose(folder[values].to_numpy(float), csv[values].to_numpy(float), atol=1e-6)
+    for column in ["startItemPosition", "lastItemPosition", "positionStep", "contextSlots"]:
+        assert folder[column].tolist() == csv[column].tolist()
 
 
 def test_parquet_folder_input_and_process_by_file(project):
@@ -215,7 +222,7 @@ def test_precomputed_id_map_is_used_and_unseen_values_get_other(project, caplog)
     assert metadata["id_maps"]["item"] == {"v0": 10, "v1": 11, "v2": 12}
     assert metadata["n_classes"]["item"] == 13
     assert "column 'item': 3 distinct values are not in the precomputed map" in caplog.text
-    ids = set(project.split(0).query("inputCol == 'item'").iloc[:, 5:].to_numpy().ravel())
+    ids = set(project.split(0).query("inputCol == 'item'").iloc[:, 7:].to_numpy().ravel())
     assert ids <= {0, 1, 10, 11, 12} and 1 in ids
 
 
@@ -291,7 +298,12 @@ def test_categorical_floats_read_the_same_from_csv_and_parquet(project):
     project.write_data(table, "t.csv")
     project.write_data(table, "t.parquet")
     from_csv = project.preprocess(data_path="data/t.csv", column_types={"level": "categorical"})
-    from_parquet = project.preprocess(data_path="data/t.parquet", column_types={"level": "categorical"})
+    from_parquet = project.preprocess(
+        data_path="data/t.parquet",
+        column_types={"level": "categorical"},
+        output_path="data/from-parquet",  # the inputs share a name: the outputs must not
+        metadata_config_path="configs/t-parquet.json",
+    )
     assert from_csv["id_maps"] == from_parquet["id_maps"] == {"level": {"1": 3, "2.5": 4, "3": 5}}
 
 

@@ -17,9 +17,15 @@ def made(tmp_path_factory):
     return made_project(tmp_path_factory.mktemp("errors"))
 
 
-def altered_metadata(made, change) -> str:
+def altered_metadata(made, change, fingerprinted=False) -> str:
+    """The example's metadata changed by hand (or, `fingerprinted`, as another preprocess run wrote it)."""
+    from sequifier.data.metadata import Metadata
+
     metadata = json.loads((made / "configs/metadata_configs/example.json").read_text())
     change(metadata)
+    if fingerprinted:
+        fields = {k: v for k, v in metadata.items() if k != "format"}
+        metadata = Metadata(**fields).fingerprinted().to_dict()
     path = made / "configs/metadata_configs/altered.json"
     path.write_text(json.dumps(metadata))
     return "configs/metadata_configs/altered.json"
@@ -123,12 +129,17 @@ CASES = {
         ["data/gone.parquet: windows not found"],
     ),
     "metadata of other columns": (
-        lambda made: {"metadata_config_path": altered_metadata(made, reversed_columns)},
-        ["windows hold the columns ['itemId', 'price'], but the metadata lists ['price', 'itemId']"],
+        lambda made: {"metadata_config_path": altered_metadata(made, reversed_columns, fingerprinted=True)},
+        [
+            "example-split0.parquet: the windows were written with metadata of fingerprint",
+            "but they are read with",
+            "altered.json (fingerprint",
+            "set metadata_config_path to the metadata",
+        ],
     ),
-    "metadata with fewer classes": (
+    "metadata edited by hand": (
         lambda made: {"metadata_config_path": altered_metadata(made, fewer_classes)},
-        ["column 'itemId' holds ids from", "but the metadata has 4 classes; the metadata does not match"],
+        ["altered.json: the metadata was changed after it was written", "run `sequifier preprocess` again"],
     ),
     "damaged checkpoint": (
         damaged_checkpoint,

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from sequifier.data.windows import Windows, slot_rows, split_bounds, start_positions, windows_of_split
+from sequifier.data.windows import (
+    Windows,
+    irregular_sequences,
+    slot_rows,
+    split_bounds,
+    window_positions,
+    windows_of_split,
+)
 
 
 def test_within_sequence_bounds_round_to_nearest_item():
@@ -33,7 +40,24 @@ def test_hand_checked_windows():
     assert short.offset.tolist() == [-2]  # two padding slots, then items 0 and 1
     values = np.array([10, 11, 0])  # the last row is the padding row
     assert values[slot_rows(np.array([0]), short, 3, padding_row=2)].T.tolist() == [[0, 0, 10, 11]]
-    assert start_positions(np.array([5, 6]), np.array([0]), short).tolist() == [3]
+    start, last, step = window_positions(np.array([5, 6]), np.array([0, 2]), short, 3)
+    assert (start.tolist(), last.tolist(), step.tolist()) == ([3], [6], [1])
+
+
+def test_positions_of_windows_over_gapped_items():
+    # sequence 0 at 0, 10, 20, 30 (even steps); sequence 1 at 5, 6, 9 (uneven); sequence 2: one item at 7
+    positions, starts = np.array([0, 10, 20, 30, 5, 6, 9, 7]), np.array([0, 4, 7, 8])
+    windows = Windows(
+        sequence=np.array([0, 0, 1, 1, 2]),
+        subsequence=np.array([0, 1, 0, 1, 0]),
+        offset=np.array([-2, 1, -1, 0, -2]),  # W = 2: the last items are 0 + 0, 0 + 3, 4 + 1, 4 + 2, 7 + 0
+        context=np.zeros(5, dtype=np.int64),
+    )
+    start, last, step = window_positions(positions, starts, windows, 2)
+    assert start.tolist() == [-20, 10, 4, 5, 5]  # padding counts back by the first step (1 for one item)
+    assert last.tolist() == [0, 30, 6, 9, 7]
+    assert step.tolist() == [1, 10, 1, 3, 1]  # the step into the last item; 1 without an item before it
+    assert irregular_sequences(positions, starts) == 1
 
 
 def test_exact_mode_rejects_a_stride_that_does_not_divide():

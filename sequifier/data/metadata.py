@@ -3,24 +3,37 @@
 It holds everything data-dependent that later stages need: columns and their types, id maps,
 class counts, real-column statistics, the window length, the splits and their paths (relative
 to the project root), row and window counts, the preprocess config and a hash of the input.
+Its `fingerprint` is a hash of what defines the windows and their encoding (every field but
+where the input and the outputs are and which version wrote them: `UNHASHED`; of the preprocess
+config, the keys that choose the windows: `WINDOW_KEYS`); every window file carries the
+fingerprint of the metadata it was written with (fingerprints.py).
 The file is JSON with a `format` key; `Metadata.load` checks it and names what is wrong with a
-file of another version. Checkpoints and exported models carry the same content as a dict
-(`to_dict`).
+file of another version, or one edited since it was written. Checkpoints and exported models
+carry the same content as a dict (`to_dict`).
 """
 
+import hashlib
+import json
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from sequifier.errors import DataError
 from sequifier.files import read_json, write_json
 
-FORMAT = "sequifier-metadata/2"
+FORMAT = "sequifier-metadata/3"
 VERSION = re.compile(r"^sequifier-metadata/(\d+)$")
 EARLIER_FORMATS = {
     "sequifier-metadata/1": "its windows do not say which items are context from earlier splits, and its "
     "id maps and statistics were fitted on every split",
+    "sequifier-metadata/2": "its windows carry no fingerprint that ties them to it, nor the itemPositions of "
+    "their last items",
 }
+UNHASHED = (
+    "sequifier_version", "fingerprint", "data_path", "input_hash", "split_paths", "write_format",
+    "merge_output", "preprocess_config",
+)  # fmt: skip
+WINDOW_KEYS = ("stride_by_split", "subsequence_start_mode", "seed", "max_rows", "process_by_file")
 SPLIT_NAMES = {1: ["train"], 2: ["train", "validation"], 3: ["train", "validation", "test"]}
 
 
@@ -60,6 +73,19 @@ class Metadata:
     n_items: dict  # per split name
     n_windows: dict  # per split name
     preprocess_config: dict  # the config, without the keys that change how, not what, is computed
+    n_irregular_sequences: int  # sequences whose itemPositions do not have one step throughout
+    fingerprint: str = ""  # a hash of the encoding and the windows (`content_hash`)
+
+    def content_hash(self) -> str:
+        content = {k: v for k, v in asdict(self).items() if k not in UNHASHED}
+        content["windows"] = {k: self.preprocess_config.get(k) for k in WINDOW_KEYS}
+        as_read = json.loads(json.dumps(content))  # the content as the file gives it back
+        text = json.dumps(as_read, sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+    def fingerprinted(self) -> "Metadata":
+        """This metadata with its fingerprint."""
+        return replace(self, fingerprint=self.content_hash())
 
     def to_dict(self) -> dict:
         """The content as the file holds it (and checkpoints and exported models carry it)."""
@@ -90,7 +116,14 @@ class Metadata:
         missing = [name for name in names if name not in data]
         if missing:
             raise DataError(f"{source}: the metadata lacks {', '.join(missing)}; {remedy}")
-        return cls(**{name: data[name] for name in names})
+        metadata = cls(**{name: data[name] for name in names})
+        if metadata.fingerprint != metadata.content_hash():
+            raise DataError(
+                f"{source}: the metadata was changed after it was written (its fingerprint "
+                f"{metadata.fingerprint} does not match its content); the windows were encoded with the "
+                f"metadata as written: {remedy}"
+            )
+        return metadata
 
     @classmethod
     def load(cls, path) -> "Metadata":

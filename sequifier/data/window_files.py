@@ -1,11 +1,13 @@
 """The window files: written by preprocess, read by training and inference, in one module.
 
 A window table is the wide format: one row per (window, column) with sequenceId, subsequenceId,
-startItemPosition, contextSlots, inputCol and the values W..0 (oldest item first). contextSlots
+startItemPosition, lastItemPosition, positionStep, contextSlots, inputCol and the values W..0
+(oldest item first). lastItemPosition is the itemPosition of the window's last item (the one a
+prediction is about), positionStep the step between its last two items (windows.py). contextSlots
 counts the leading slots that are padding or items of earlier splits: context that is never a
 target of the window's own split. The pt format stores the same windows as one tensor per
 column, [windows, W + 1]. Files are parquet or csv (one merged file or a folder of shards) or a
-folder of pt shards.
+folder of pt shards; each carries the fingerprint of its metadata (fingerprints.py).
 
 Reading gives chunks: a dict of one tensor per column, [windows, seq_length + 1] (categorical
 ids as int32, real values as float32), plus `n_pad`, the number of leading padding slots of each
@@ -22,19 +24,29 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from sequifier.data.columns import CONTEXT, INPUT_COLUMN, SEQUENCE, START, SUBSEQUENCE
+from sequifier.data import fingerprints
+from sequifier.data.columns import (
+    CONTEXT,
+    FINGERPRINT,
+    INPUT_COLUMN,
+    LAST,
+    SEQUENCE,
+    START,
+    STEP,
+    SUBSEQUENCE,
+)
 from sequifier.data.streams import rechunk, write_stream
-from sequifier.data.windows import Windows, slot_rows, start_positions
+from sequifier.data.windows import Windows, slot_rows, window_positions
 from sequifier.errors import DataError
 
-HEADER = (SEQUENCE, SUBSEQUENCE, START, CONTEXT, INPUT_COLUMN)  # the columns before the values
+HEADER = (SEQUENCE, SUBSEQUENCE, START, LAST, STEP, CONTEXT, INPUT_COLUMN)  # the columns before the values
 ROW_GROUP_WINDOWS = 8192
 FLOAT32_EXACT_IDS = 1 << 24
 CHUNK_WINDOWS = 8192
 PAD = "n_pad"
 SPLIT_START = "n_context"
-IDS = "ids"  # with read_chunks(ids=True): {sequenceId, subsequenceId, startItemPosition} as numpy arrays
-IDENTITY = (SEQUENCE, SUBSEQUENCE, START)
+IDS = "ids"  # with read_chunks(ids=True): {IDENTITY column: numpy array}
+IDENTITY = (SEQUENCE, SUBSEQUENCE, START, LAST, STEP)
 
 
 # --- writing -------------------------------------------------------------------------------
@@ -78,10 +90,11 @@ def window_table(
     input_col = pa.DictionaryArray.from_arrays(
         pa.array(np.tile(np.arange(n_columns, dtype=np.int32), n_windows)), pa.array(names)
     ).cast(pa.string())
+    start, last, step = window_positions(positions, seq_start, windows, seq_length)
     arrays = [
         sequence_ids.take(pa.array(np.repeat(windows.sequence, n_columns))),
         pa.array(np.repeat(windows.subsequence, n_columns)),
-        pa.array(np.repeat(start_positions(positions, seq_start, windows), n_columns)),
+        *(pa.array(np.repeat(found, n_columns)) for found in (start, last, step)),
         pa.array(np.repeat(windows.context.astype(np.int32), n_columns)),
         input_col,
         *(pa.array(row) for row in stacked),
@@ -103,18 +116,20 @@ def _parquet_options(schema: pa.Schema) -> dict:
     }
 
 
-def _write_parquet(path: Path, tables, rows_per_group: int) -> None:
+def _write_parquet(path: Path, tables, rows_per_group: int, fingerprint: str) -> None:
     def open_writer(schema):
+        schema = schema.with_metadata({fingerprints.PARQUET_KEY: fingerprint.encode()})
         return pq.ParquetWriter(path, schema, **_parquet_options(schema))
 
     write_stream(rechunk(tables, rows_per_group), open_writer, row_group_size=rows_per_group)
 
 
-def _write_csv(path: Path, tables) -> None:
-    write_stream(rechunk(tables, ROW_GROUP_WINDOWS * 16), lambda schema: pacsv.CSVWriter(path, schema))
+def _write_csv(path: Path, tables, fingerprint: str) -> None:
+    marked = (t.append_column(FINGERPRINT, pa.array(np.full(t.num_rows, fingerprint))) for t in tables)
+    write_stream(rechunk(marked, ROW_GROUP_WINDOWS * 16), lambda schema: pacsv.CSVWriter(path, schema))
 
 
-def to_tensors(table: pa.Table, columns: list[str], kinds: dict) -> dict:
+def to_tensors(table: pa.Table, columns: list[str], kinds: dict, fingerprint: str) -> dict:
     """The pt form of a window table: metadata tensors and one [windows, W + 1] tensor per column."""
     import torch
 
@@ -127,36 +142,41 @@ def to_tensors(table: pa.Table, columns: list[str], kinds: dict) -> dict:
         tensors[name] = torch.from_numpy(
             block.astype(np.int64) if kinds[name] == "categorical" else np.ascontiguousarray(block)
         )
+    per_window = {
+        name: torch.from_numpy(table.column(name).to_numpy()[::n_columns].copy())
+        for name in (SUBSEQUENCE, START, LAST, STEP, CONTEXT)
+    }
     return {
         SEQUENCE: torch.from_numpy(ids.astype(np.int64)) if ids.dtype.kind in "iu" else ids.tolist(),
-        SUBSEQUENCE: torch.from_numpy(table.column(SUBSEQUENCE).to_numpy()[::n_columns].copy()),
-        START: torch.from_numpy(table.column(START).to_numpy()[::n_columns].copy()),
-        CONTEXT: torch.from_numpy(table.column(CONTEXT).to_numpy()[::n_columns].copy()),
+        **per_window,
         "columns": list(columns),
         "values": tensors,
+        fingerprints.PT_KEY: fingerprint,
     }
 
 
-def write_windows(target: Path, tables, fmt: str, merged: bool, columns: list, kinds: dict, per_file: int):
-    """Write a stream of window tables as one file or as a folder of shards (`target` is new)."""
+def write_windows(target: Path, tables, fmt: str, merged: bool, metadata, per_file: int):
+    """Write a stream of window tables as one file or as a folder of shards (`target` is new),
+    marked with the fingerprint of the `Metadata` they were written with."""
+    columns, kinds, fingerprint = list(metadata.columns), metadata.column_types, metadata.fingerprint
     n_columns = len(columns)
     if merged:
         if fmt == "parquet":
-            _write_parquet(target, tables, ROW_GROUP_WINDOWS * n_columns)
+            _write_parquet(target, tables, ROW_GROUP_WINDOWS * n_columns, fingerprint)
         else:
-            _write_csv(target, tables)
+            _write_csv(target, tables, fingerprint)
         return
     target.mkdir(parents=True)
     for i, table in enumerate(rechunk(tables, per_file * n_columns)):
         shard = target / f"part-{i:05d}.{fmt}"
         if fmt == "parquet":
-            _write_parquet(shard, [table], ROW_GROUP_WINDOWS * n_columns)
+            _write_parquet(shard, [table], ROW_GROUP_WINDOWS * n_columns, fingerprint)
         elif fmt == "csv":
-            _write_csv(shard, [table])
+            _write_csv(shard, [table], fingerprint)
         else:
             import torch
 
-            torch.save(to_tensors(table, columns, kinds), shard)
+            torch.save(to_tensors(table, columns, kinds, fingerprint), shard)
 
 
 # --- reading -------------------------------------------------------------------------------
@@ -174,14 +194,21 @@ class WindowSource:
     keep: tuple
     seq_length: int
     width: int | None = None  # the stored windows' W (metadata seq_length): checked against the files
+    fingerprint: str | None = None  # of the metadata: checked against the files'
+    metadata_name: str = "the metadata"  # the metadata file (or model) in messages
+    remedy: str = "read them with the metadata they were written with, or preprocess again"
 
     @classmethod
-    def of(cls, metadata, path: Path, fmt: str | None, keep, seq_length: int) -> "WindowSource":
+    def of(
+        cls, metadata, path: Path, fmt: str | None, keep, seq_length: int, name: str, **remedy
+    ) -> "WindowSource":
         """The windows at `path` as preprocess wrote them with `metadata` (fmt None: its write
-        format), read for the columns `keep` and `seq_length` items before each last one."""
+        format; `name`: where the metadata is, for messages; `remedy`: what to do when the windows
+        are of other metadata), read for the columns `keep` and `seq_length` items before each last one."""
         return cls(
             path, fmt or metadata.write_format, tuple(metadata.columns), metadata.column_types,
-            metadata.n_classes, tuple(keep), seq_length, metadata.seq_length,
+            metadata.n_classes, tuple(keep), seq_length, metadata.seq_length, metadata.fingerprint, name,
+            **remedy,
         )  # fmt: skip
 
     def files(self) -> list:
@@ -295,18 +322,22 @@ def read_chunks(source: WindowSource, file: Path, ids: bool = False):
         if source.fmt == "parquet":
             handle = pq.ParquetFile(file)
             cut = _value_names_check(source, file, handle.schema_arrow.names)
+            fingerprints.check(source, file, fingerprints.parquet_fingerprint(handle))
             names = [*(IDENTITY if ids else ()), CONTEXT, INPUT_COLUMN, *value_columns(source.seq_length)]
             for batch in handle.iter_batches(batch_size=rows, columns=names):
                 yield _numpy_chunk(source, file, pa.Table.from_batches([batch]), ids, cut)
         elif source.fmt == "csv":
             types = {name: pa.float64() for name in value_columns(source.seq_length)}  # never inferred
-            convert = pacsv.ConvertOptions(
-                column_types={**types, CONTEXT: pa.int64()}, strings_can_be_null=False
-            )
+            marks = {CONTEXT: pa.int64(), FINGERPRINT: pa.string()}
+            convert = pacsv.ConvertOptions(column_types={**types, **marks}, strings_can_be_null=False)
             reader = pacsv.open_csv(file, convert_options=convert)
             cut = _value_names_check(source, file, reader.schema.names)
+            if FINGERPRINT not in reader.schema.names:
+                fingerprints.check(source, file, None)
             tables = (pa.Table.from_batches([batch]) for batch in reader)
             for table in rechunk(tables, rows):
+                if table.num_rows:
+                    fingerprints.check(source, file, fingerprints.csv_fingerprints(table))
                 yield _numpy_chunk(source, file, table, ids, cut)
         else:
             yield _pt_chunk(source, file, ids)
@@ -332,6 +363,7 @@ def _pt_chunk(source: WindowSource, file: Path, ids: bool) -> dict:
         )
     if CONTEXT not in shard:
         raise _no_context(file)
+    fingerprints.check(source, file, shard.get(fingerprints.PT_KEY))
     blocks = {name: shard["values"][name][:, -(source.seq_length + 1) :].numpy() for name in source.columns}
     chunk = _finish_chunk(source, file, blocks, shard[CONTEXT].numpy(), cut)
     if ids:

@@ -97,7 +97,33 @@ def slot_rows(seq_start: np.ndarray, windows: Windows, seq_length: int, padding_
     return np.where(relative < 0, padding_row, seq_start[windows.sequence][None, :] + relative)
 
 
-def start_positions(positions: np.ndarray, seq_start: np.ndarray, windows: Windows) -> np.ndarray:
-    """itemPosition of each window's first slot, counting back one per padding slot."""
-    first_real = seq_start[windows.sequence] + np.maximum(windows.offset, 0)
-    return positions[first_real] + np.minimum(windows.offset, 0)
+def first_steps(positions: np.ndarray, seq_start: np.ndarray) -> np.ndarray:
+    """Per sequence (`seq_start`: its first row, and one past the last), the step between its first
+    two itemPositions; 1 for a sequence of one item."""
+    first, lengths = seq_start[:-1], np.diff(seq_start)
+    second = np.minimum(first + 1, len(positions) - 1)
+    return np.where(lengths > 1, positions[second] - positions[first], 1)
+
+
+def irregular_sequences(positions: np.ndarray, seq_start: np.ndarray) -> int:
+    """How many sequences have itemPositions whose steps are not all equal."""
+    lengths = np.diff(seq_start)
+    sequence = np.repeat(np.arange(len(lengths)), lengths)
+    steps = np.diff(positions)
+    inner = sequence[1:] == sequence[:-1]
+    uneven = inner & (steps != first_steps(positions, seq_start)[sequence[:-1]])
+    return len(np.unique(sequence[:-1][uneven]))
+
+
+def window_positions(positions: np.ndarray, seq_start: np.ndarray, windows: Windows, seq_length: int):
+    """Per window: the itemPosition of its first slot (padding slots count back from the
+    sequence's first item by the step between its first two items), of its last item, and the
+    step between its last two items (1 when the window holds one item)."""
+    sequence_start = seq_start[windows.sequence]
+    first_real = sequence_start + np.maximum(windows.offset, 0)
+    back = np.minimum(windows.offset, 0) * first_steps(positions, seq_start)[windows.sequence]
+    start = positions[first_real] + back
+    last_row = sequence_start + windows.offset + seq_length
+    last = positions[last_row]
+    step = np.where(last_row > sequence_start, last - positions[np.maximum(last_row - 1, 0)], 1)
+    return start, last, step

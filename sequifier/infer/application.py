@@ -1,7 +1,8 @@
 """`sequifier infer`: trained models applied to windows, results in the user's own format.
 
 Generative models predict the last item of every window from the seq_length items before it:
-`sequenceId, itemPosition, <targets>` (itemPosition: the predicted item's), with the class
+`sequenceId, itemPosition, <targets>` (itemPosition: the predicted item's, the window's
+lastItemPosition), with the class
 probabilities per categorical target if asked. Embedding models give the final hidden state of
 a window's last item: `sequenceId, subsequenceId, itemPosition, 0..dim_model-1`. With
 autoregression, each sequence's first window starts a generation of T items (generate.py).
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from sequifier.data.columns import SEQUENCE, START
+from sequifier.data.columns import LAST, SEQUENCE
 from sequifier.data.window_files import IDS, PAD, count_windows, read_chunks
 from sequifier.infer.generate import Generation
 from sequifier.infer.model_steps import ModelSteps
@@ -37,7 +38,6 @@ class Application:
         self.setup = model_setup(plan, model_path, self.predictor.args, self.predictor.description)
         if isinstance(self.predictor, TorchPredictor):
             torch.manual_seed(config["seed"])  # Monte-Carlo dropout
-        self.width = self.setup.data_metadata.seq_length  # items before the last in a stored window
         self.model = ModelSteps(self.predictor, self.setup, config)
 
     def run(self) -> list:
@@ -72,7 +72,14 @@ class Application:
     def _generation(self) -> Generation:
         """Autoregression from each sequence's first window (generate.py)."""
         steps, batch_size = self.config["autoregression_total_steps"], self.config["inference_batch_size"]
-        return Generation(self.model, steps, batch_size, self.width)
+        irregular = self.setup.data_metadata.n_irregular_sequences
+        if irregular:
+            log.info(
+                "%s of the data's %s sequences have itemPositions with uneven steps; their generated items "
+                "continue from the window's last item by the step between its last two items",
+                f"{irregular:,}", f"{self.setup.data_metadata.n_sequences:,}",
+            )  # fmt: skip
+        return Generation(self.model, steps, batch_size)
 
     @staticmethod
     def _write(sinks: dict, tables: list) -> None:
@@ -84,7 +91,7 @@ class Application:
         if len(chunk[PAD]) == 0:  # a file without windows: its outputs hold the columns only
             return []
         ids = chunk[IDS]
-        positions = ids[START].astype(np.int64) + self.width
+        positions = ids[LAST].astype(np.int64)
         context = self.model.encode(chunk)
         if self.model.embedding:
             return self.model.embedding_tables(ids, positions, self.model.embed(context, ids[SEQUENCE]))

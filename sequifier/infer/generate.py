@@ -3,12 +3,14 @@
 The context is the S items before the window's last item, as for a single prediction, so the
 first generated item is the one a single prediction gives. Each predicted item (argmax, or a
 draw for the sampled columns) is appended to the context in the model's encoding and the oldest
-item is dropped. Every sequence gets exactly T rows, at consecutive itemPositions.
+item is dropped. Every sequence gets exactly T rows: the first at the window's last item's
+itemPosition, each next one step on, the step being the one between the window's last two
+items (the sequence's own where its steps are even; 1 for a window of one item).
 """
 
 import numpy as np
 
-from sequifier.data.columns import SEQUENCE, START
+from sequifier.data.columns import LAST, SEQUENCE, STEP
 from sequifier.data.window_files import IDS
 from sequifier.infer.model_steps import ModelSteps
 
@@ -16,13 +18,12 @@ from sequifier.infer.model_steps import ModelSteps
 class Generation:
     """First windows gathered from the chunks read, generated from once a batch of them is full."""
 
-    def __init__(self, model: ModelSteps, steps: int, batch_size: int, width: int):
+    def __init__(self, model: ModelSteps, steps: int, batch_size: int):
         self.model = model  # encodes windows, steps once, writes the results as tables
         self.steps = steps  # T: the items generated per sequence
         self.batch_size = batch_size  # first windows gathered before they are generated from
-        self.width = width  # items before the last in a stored window
         self.seen = set()  # sequences whose first window was taken
-        self.pending = []  # (sequences, starts, contexts) of first windows not generated from yet
+        self.pending = []  # (sequences, positions, steps, contexts) of first windows not generated from yet
         self.count = 0  # first windows pending
 
     def add(self, chunk: dict) -> list:
@@ -32,8 +33,8 @@ class Generation:
         if len(rows) == 0:
             return []
         self.seen.update(sequences[rows].tolist())
-        starts = chunk[IDS][START][rows].astype(np.int64)
-        self.pending.append((sequences[rows], starts, self.model.encode(chunk, rows)))
+        last, step = (chunk[IDS][name][rows].astype(np.int64) for name in (LAST, STEP))
+        self.pending.append((sequences[rows], last, step, self.model.encode(chunk, rows)))
         self.count += len(rows)
         return self.flush() if self.count >= self.batch_size else []
 
@@ -48,21 +49,21 @@ class Generation:
         """Generate from every pending first window: (output name, columns) tables."""
         if not self.pending:
             return []
-        sequences = np.concatenate([p[0] for p in self.pending])
-        starts = np.concatenate([p[1] for p in self.pending])
-        context = {name: np.concatenate([p[2][name] for p in self.pending]) for name in self.pending[0][2]}
+        sequences, last, step = (np.concatenate([p[i] for p in self.pending]) for i in range(3))
+        context = {name: np.concatenate([p[3][name] for p in self.pending]) for name in self.pending[0][3]}
         self.pending, self.count = [], 0
-        return self._generate(sequences, starts, context)
+        return self._generate(
+            sequences, last[:, None] + step[:, None] * np.arange(self.steps)[None, :], context
+        )
 
-    def _generate(self, sequences: np.ndarray, starts: np.ndarray, context: dict) -> list:
-        """T steps for a batch of sequences; rows ordered by sequence, then step."""
+    def _generate(self, sequences: np.ndarray, positions: np.ndarray, context: dict) -> list:
+        """T steps for a batch of sequences (`positions`: [batch, T]); rows ordered by sequence, then step."""
         values, probabilities = [], []
         for _ in range(self.steps):
             step_values, step_probabilities, items = self.model.step(context, sequences)
             values.append(step_values)
             probabilities.append(step_probabilities)
             context = _advance(context, items)
-        positions = (starts + self.width)[:, None] + np.arange(self.steps)[None, :]
         return self.model.prediction_tables(
             np.repeat(sequences, self.steps),
             positions.reshape(-1),

@@ -7,6 +7,7 @@ how the data is read; output names follow the model file's name
 """
 
 import copy
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.model.export import find_export
 
+log = logging.getLogger(__name__)
 EXPORT_NAME = re.compile(r"^(?P<base>.+?)(?P<embedding>-embedding)?-\d+$")
 
 
@@ -185,7 +187,24 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
     )
     data_path = plan.root / (config["data_path"] or data_metadata.split_paths[-1])
     inputs = [name for name, *_ in args.input_columns]
-    windows = WindowSource.of(data_metadata, data_path, config["read_format"], inputs, args.seq_length)
+    if config["metadata_config_path"]:
+        remedy = (
+            "set metadata_config_path to the metadata these windows were written with, or data_path to "
+            f"the windows of {metadata_name}"
+        )
+        if data_metadata.fingerprint != model_metadata.fingerprint:
+            log.info(
+                "%s: the data's metadata (%s) is not the model's: ids are matched by value, real values "
+                "rescaled to the model's statistics", model_path.name, metadata_name,
+            )  # fmt: skip
+    else:
+        remedy = (
+            "the model reads its own preprocessed data; for other data, set metadata_config_path to the "
+            "metadata these windows were written with (their values are then matched to the model's ids)"
+        )
+    windows = WindowSource.of(
+        data_metadata, data_path, config["read_format"], inputs, args.seq_length, metadata_name, remedy=remedy
+    )
     return ModelSetup(
         output_base(model_path),
         data_path,

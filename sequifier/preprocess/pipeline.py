@@ -18,6 +18,7 @@ from sequifier.data.metadata import Metadata
 from sequifier.errors import ConfigError, DataError, ResourceError
 from sequifier.files import content_hash, publish, read_json, remove, write_json
 from sequifier.preprocess import steps
+from sequifier.preprocess.ownership import check_outputs
 from sequifier.preprocess.plan import Plan, make_plan, recorded_config
 
 logger = logging.getLogger(__name__)
@@ -141,6 +142,7 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     file holds it (a dict)."""
     started = time.perf_counter()
     plan = make_plan(config, source)
+    check_outputs(plan)
     _prepare_work(plan)
     n_splits = len(config["split_ratios"])
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))

@@ -20,7 +20,13 @@ from sequifier.data.columns import FIRST_ID, OTHER_ID, POSITION, SEQUENCE
 from sequifier.data.metadata import Metadata, id_map_to_json, split_names
 from sequifier.data.streams import prefetched
 from sequifier.data.window_files import value_matrix, value_type, window_table, write_windows
-from sequifier.data.windows import UnevenStride, split_bounds, window_counts, windows_of_split
+from sequifier.data.windows import (
+    UnevenStride,
+    irregular_sequences,
+    split_bounds,
+    window_counts,
+    windows_of_split,
+)
 from sequifier.errors import DataError
 from sequifier.files import atomic_path, content_hash, read_json, write_json
 from sequifier.preprocess import encoding
@@ -140,6 +146,7 @@ def scan(plan: Plan, p: int, write_rows: bool = True) -> Part:
         "sequences": len(part.lengths),
         "items": np.diff(bounds, axis=1).sum(axis=0).tolist(),
         "windows": n_windows,
+        "irregular": irregular_sequences(part.table.column(POSITION).to_numpy(), part.starts),
         "values": {
             c: [encoding.value_counts(part.table.column(c).filter(mask)) for mask in masks]
             for c in plan.columns.categorical()
@@ -291,8 +298,15 @@ def reduce(plan: Plan, metadata_path: Path, input_hash: str | None = None) -> Me
         n_items=dict(zip(names, n_items)),
         n_windows=dict(zip(names, np.sum([s["windows"] for s in scans], axis=0).tolist())),
         preprocess_config=recorded_config(config),
-    )
+        n_irregular_sequences=sum(s["irregular"] for s in scans),
+    ).fingerprinted()
     encoding.check_real_values(plan.root / config["data_path"], metadata, sequences)
+    if metadata.n_irregular_sequences:
+        logger.info(
+            "%s of %s sequences have itemPositions with uneven steps; predictions carry their items' own "
+            "itemPositions, generated items continue by the step between a window's last two items",
+            f"{metadata.n_irregular_sequences:,}", f"{metadata.n_sequences:,}",
+        )  # fmt: skip
     metadata.save(metadata_path)
     return metadata
 
@@ -351,8 +365,7 @@ def write_split(plan: Plan, metadata: Metadata, tables, target: Path) -> None:
             prefetched(tables),
             plan.config["write_format"],
             plan.merged,
-            list(plan.columns.features),
-            metadata.column_types,
+            metadata,
             plan.config["batches_per_file"],
         )
 

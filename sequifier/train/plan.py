@@ -55,7 +55,11 @@ class TrainPlan:
         """How to read the windows at `path`: the stored columns, and the ones the model uses."""
         config = self.config
         keep = dict.fromkeys([*config["input_columns"], *config["target_columns"]])
-        return WindowSource.of(self.metadata, path, config["read_format"], keep, config["seq_length"])
+        return WindowSource.of(
+            self.metadata, path, config["read_format"], keep, config["seq_length"], str(self.metadata_path),
+            remedy="set metadata_config_path to the metadata they were written with, or "
+            "training_data_path and validation_data_path to this metadata's windows (null: its own)",
+        )  # fmt: skip
 
     def model_args(self) -> ModelArgs:
         spec, metadata = self.config["model_spec"], self.metadata
