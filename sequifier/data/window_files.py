@@ -26,6 +26,7 @@ from sequifier.data.columns import CONTEXT, INPUT_COLUMN, SEQUENCE, START, SUBSE
 from sequifier.data.streams import rechunk, write_stream
 from sequifier.data.windows import Windows, slot_rows, start_positions
 from sequifier.errors import DataError
+from sequifier.files import torch_save
 
 HEADER = (SEQUENCE, SUBSEQUENCE, START, CONTEXT, INPUT_COLUMN)  # the columns before the values
 ROW_GROUP_WINDOWS = 8192
@@ -154,9 +155,7 @@ def write_windows(target: Path, tables, fmt: str, merged: bool, columns: list, k
         elif fmt == "csv":
             _write_csv(shard, [table])
         else:
-            import torch
-
-            torch.save(to_tensors(table, columns, kinds), shard)
+            torch_save(to_tensors(table, columns, kinds), shard)
 
 
 # --- reading -------------------------------------------------------------------------------

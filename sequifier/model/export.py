@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from sequifier.errors import DataError, first_line
-from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain
+from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain, torch_save
 from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def write_bundle(path: Path, model: Transformer, description: dict):
     weights = {key: value.detach().cpu() for key, value in model.state_dict().items()}
     bundle = {**_plain(description), "state_dict": weights}
     with atomic_path(path) as tmp:
-        torch.save(bundle, tmp)
+        torch_save(bundle, tmp)
 
 
 def _plain(value):
