@@ -23,6 +23,7 @@ from sequifier.errors import (
     ResourceError,
     error_number,
     os_failure,
+    uninterrupted,
 )
 from sequifier.files import content_hash, locked, publish, read_json, remove, write_json
 from sequifier.preprocess import steps
@@ -105,16 +106,18 @@ class _Runner:
     """Runs a step over items, in a pool of `n_cores` processes or in this process."""
 
     def __init__(self, n_cores: int):
-        self.pool = None
-        if n_cores > 1:
+        self.n_cores, self.pool = n_cores, None
+
+    def start(self) -> None:
+        if self.n_cores > 1:
             # Workers fork from a server that has imported the steps once; they start now, in the
             # background, so their start-up overlaps the partition step.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["sequifier.preprocess.steps"])
             self.pool = ProcessPoolExecutor(
-                n_cores, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger().level,)
+                self.n_cores, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger().level,)
             )
-            for _ in range(n_cores):
+            for _ in range(self.n_cores):
                 self.pool.submit(abs, 0)
 
     def map(self, description: str, function, items, *args) -> None:
@@ -169,6 +172,8 @@ def _run_locked(plan: Plan, started: float) -> dict:
     n_splits = len(config["split_ratios"])
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
     try:
+        with uninterrupted():  # a SIGTERM while the pool starts stops it once it is there
+            runner.start()
         if plan.n_parts == 1:
             metadata = _run_in_memory(plan)
         else:

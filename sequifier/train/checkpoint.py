@@ -10,15 +10,12 @@ durably; the newest one is found by its name.
 import logging
 import random
 import re
-import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sequifier.errors import DataError, Stopped, first_line
+from sequifier.errors import DataError, first_line, uninterrupted  # noqa: F401 (the trainer's)
 from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain, torch_save
 
 log = logging.getLogger(__name__)
@@ -119,27 +116,6 @@ def remove_partial(folder: Path, model_name: str, keep=()) -> None:
     for path in partial_checkpoints(folder, model_name):
         if path not in kept:
             remove(path)
-
-
-@contextmanager
-def uninterrupted():
-    """Ctrl-C or SIGTERM inside the block takes effect at its end, so the state a checkpoint saves is
-    never half updated (an optimizer step without its bookkeeping). Outside the main thread: no effect."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    numbers = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda n, frame: received.append(n)) for number in numbers}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if signal.SIGTERM in received:
-        raise Stopped
-    if received:
-        raise KeyboardInterrupt
 
 
 def random_states() -> dict:
