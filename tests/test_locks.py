@@ -12,7 +12,6 @@ import time
 import pytest
 from conftest import made_project, run_cli
 
-
 TRAIN = ["--set", "wandb.mode=disabled", "--set", "export_onnx=false"]
 
 
@@ -57,7 +56,9 @@ def refused_by(result, holder, command: str) -> str:
 
 def test_a_second_training_of_a_model_name_is_refused_and_the_first_finishes_untouched(made):
     lock = made / "checkpoints" / ".sequifier-shared.lock"
-    first = started("train", "--model-name", "shared", "--set", "training_spec.epochs=2", *TRAIN, cwd=made, lock=lock)
+    first = started(
+        "train", "--model-name", "shared", "--set", "training_spec.epochs=2", *TRAIN, cwd=made, lock=lock
+    )
     second = run_cli("train", "--model-name", "shared", "--set", "training_spec.epochs=1", *TRAIN, cwd=made)
     line = refused_by(second, first, "train")
     assert "model_name shared (its models, checkpoints and metrics)" in line
@@ -77,7 +78,9 @@ def test_a_second_preprocess_on_one_output_is_refused_and_the_first_finishes(mad
     line = refused_by(run_cli(*args, cwd=made), first, "preprocess")
     assert "the outputs of preprocessing example (in " in line and "use another output_path" in line
     finished(first)
-    assert sorted(p.name for p in (made / "shared").iterdir()) == [f"example-split{k}.parquet" for k in range(3)]
+    assert sorted(p.name for p in (made / "shared").iterdir()) == [
+        f"example-split{k}.parquet" for k in range(3)
+    ]
 
 
 def test_a_killed_holder_leaves_no_lock(made):
@@ -97,7 +100,9 @@ def checkpoints_of(made, name) -> list:
 
 def test_a_fresh_training_starts_clean_and_a_resume_continues_its_own_run(made):
     def train(*settings):
-        return run_cli("train", "--model-name", "fresh", *TRAIN, *[a for s in settings for a in ("--set", s)], cwd=made)
+        return run_cli(
+            "train", "--model-name", "fresh", *TRAIN, *[a for s in settings for a in ("--set", s)], cwd=made
+        )
 
     assert train("training_spec.epochs=2").returncode == 0
     assert checkpoints_of(made, "fresh") == ["sequifier-fresh-epoch-1.pt", "sequifier-fresh-epoch-2.pt"]

@@ -41,11 +41,18 @@ def refused(result, command: str) -> str:
 
 
 def files_in(folder: Path) -> list:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+    return (
+        sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+        if folder.exists()
+        else []
+    )
 
 
 def test_a_file_size_limit_in_preprocess_removes_the_work_folder_and_says_so(made):
-    config, metadata = made / "configs" / "preprocess.yaml", made / "configs" / "metadata_configs" / "example.json"
+    config, metadata = (
+        made / "configs" / "preprocess.yaml",
+        made / "configs" / "metadata_configs" / "example.json",
+    )
     before = metadata.read_text()
     args = ["preprocess", "--config-path", config, "--output-path", "limited", "--n-partitions", "2"]
     line = refused(run_limited(*args, cwd=made, file_size=30_000), "preprocess")
@@ -74,7 +81,10 @@ def test_inference_beyond_a_file_size_limit_leaves_no_output(trained_project):
 def test_an_output_path_that_is_a_file_is_named(made):
     line = refused(run_cli("preprocess", "--output-path", "data/example.csv", cwd=made), "preprocess")
     assert "data/example.csv: File exists; a file or folder is in the way" in line
-    line = refused(run_cli("train", "--model-name", "m", *TRAIN, "--set", "logs_path=data/example.csv/logs", cwd=made), "train")
+    line = refused(
+        run_cli("train", "--model-name", "m", *TRAIN, "--set", "logs_path=data/example.csv/logs", cwd=made),
+        "train",
+    )
     assert "data/example.csv" in line and "Not a directory" in line and "a file is in the way" in line
     line = refused(run_cli("make", "data/example.csv/project", cwd=made), "make")
     assert "data/example.csv" in line and "in the way" in line
@@ -84,7 +94,9 @@ def test_an_output_path_that_is_a_file_is_named(made):
 def small_disk(folder: Path, size: str):
     """A tmpfs of `size` at `folder` (root only), unmounted afterwards; skips where mount is refused."""
     folder.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True
+    )
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here ({mounted.stderr.decode().strip()}): needs root")
     try:

@@ -76,7 +76,10 @@ def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(
     process.send_signal(signal.SIGSTOP)
     workers = descendants(process.pid)
     stderr = terminated(process)
-    assert "stopped: the worker processes are ended" in stderr and "continue_preprocessing: true resumes" in stderr
+    assert (
+        "stopped: the worker processes are ended" in stderr
+        and "continue_preprocessing: true resumes" in stderr
+    )
     assert stderr.strip().endswith("sequifier preprocess: stopped by SIGTERM")
     time.sleep(0.5)
     assert [pid for pid in workers if alive(pid)] == []
@@ -101,7 +104,14 @@ def losses(made, name) -> list:
 
 
 def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made):
-    settings = ["--set", "training_spec.epochs=3", "--set", "wandb.mode=disabled", "--set", "export_onnx=false"]
+    settings = [
+        "--set",
+        "training_spec.epochs=3",
+        "--set",
+        "wandb.mode=disabled",
+        "--set",
+        "export_onnx=false",
+    ]
     whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
     assert whole.returncode == 0, whole.stderr
 
@@ -118,7 +128,9 @@ def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_re
     assert not list((made / "models").glob("sequifier-cut-*"))
     assert not (made / "checkpoints" / ".sequifier-cut.lock").exists()
 
-    resumed = run_cli("train", "--model-name", "cut", *settings, "--set", "training_spec.continue_training=true", cwd=made)
+    resumed = run_cli(
+        "train", "--model-name", "cut", *settings, "--set", "training_spec.continue_training=true", cwd=made
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert losses(made, "cut") == losses(made, "whole")

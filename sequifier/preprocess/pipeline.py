@@ -115,7 +115,10 @@ class _Runner:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["sequifier.preprocess.steps"])
             self.pool = ProcessPoolExecutor(
-                self.n_cores, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger().level,)
+                self.n_cores,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(logging.getLogger().level,),
             )
             for _ in range(self.n_cores):
                 self.pool.submit(abs, 0)
@@ -162,7 +165,9 @@ def run(config: dict, source: str = "preprocess config") -> dict:
     plan = make_plan(config, source)
     owned = f"the outputs of preprocessing {plan.name} (in {plan.output}, metadata {plan.metadata_path})"
     advice = "wait for it, or use another output_path (and metadata_config_path)"
-    with locked([plan.work, plan.output / plan.name, plan.metadata_path], owned, "sequifier preprocess", advice):
+    with locked(
+        [plan.work, plan.output / plan.name, plan.metadata_path], owned, "sequifier preprocess", advice
+    ):
         return _run_locked(plan, started)
 
 
@@ -203,7 +208,9 @@ def _run_locked(plan: Plan, started: float) -> dict:
         runner.stop()  # a full disk: what this run wrote goes, so that it does not keep it full
         shutil.rmtree(plan.work, ignore_errors=True)
         failure = error if isinstance(error, EnvironmentFailure) else os_failure(error)
-        raise EnvironmentFailure(f"{failure}; the work folder {plan.work} is removed, to free its space") from None
+        raise EnvironmentFailure(
+            f"{failure}; the work folder {plan.work} is removed, to free its space"
+        ) from None
     finally:
         runner.close()
     # The metadata is the commit point: an earlier run's goes first and this run's comes last, so
