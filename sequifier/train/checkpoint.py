@@ -72,30 +72,31 @@ def checkpoint_file(folder: Path, model_name: str, epoch: int, batches_done: int
     return folder / f"sequifier-{model_name}-epoch-{epoch}{batch}.pt"
 
 
-def latest(folder: Path, model_name: str) -> Path | None:
-    """The checkpoint furthest into training, or None."""
+def _checkpoints(folder: Path, model_name: str) -> list:
+    """(epoch, batches done, path) of every checkpoint of the model name in the folder, in order."""
     found = []
     for path in folder.glob(f"sequifier-{model_name}-epoch-*.pt") if folder.is_dir() else []:
         match = NAME.match(path.name)
         if match and match["model"] == model_name:
             found.append((int(match["epoch"]), int(match["batch"] or 0), path))
-    return max(found)[2] if found else None
+    return sorted(found)
+
+
+def latest(folder: Path, model_name: str) -> Path | None:
+    """The checkpoint furthest into training, or None."""
+    found = _checkpoints(folder, model_name)
+    return found[-1][2] if found else None
 
 
 def partial_checkpoints(folder: Path, model_name: str) -> list:
     """The checkpoints written within an epoch (on Ctrl-C or every so many batches)."""
-    found = []
-    for path in folder.glob(f"sequifier-{model_name}-epoch-*-batch-*.pt") if folder.is_dir() else []:
-        match = NAME.match(path.name)
-        if match and match["model"] == model_name:
-            found.append(path)
-    return sorted(found)
+    return sorted(path for _, batches, path in _checkpoints(folder, model_name) if batches)
 
 
 def start_anew(folder: Path, model_name: str) -> None:
     """A fresh run (continue_training: false): the checkpoints of an earlier run of the model name
     go, so that a later continue_training resumes this run only."""
-    earlier = _checkpoints(folder, model_name)
+    earlier = [path for _, _, path in _checkpoints(folder, model_name)]
     for path in earlier:
         remove(path)
     if earlier:
@@ -103,11 +104,6 @@ def start_anew(folder: Path, model_name: str) -> None:
             "removed %d checkpoint(s) of an earlier run of %s from %s (continue_training: false)",
             len(earlier), model_name, folder,
         )  # fmt: skip
-
-
-def _checkpoints(folder: Path, model_name: str) -> list:
-    found = folder.glob(f"sequifier-{model_name}-epoch-*.pt") if folder.is_dir() else []
-    return sorted(path for path in found if (match := NAME.match(path.name)) and match["model"] == model_name)
 
 
 def remove_partial(folder: Path, model_name: str, keep=()) -> None:
