@@ -17,7 +17,7 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from sequifier.errors import os_failure
+from sequifier.errors import LockedError, os_failure
 
 
 def _temporary_sibling(path: Path, kind: str = "tmp") -> Path:
@@ -208,11 +208,25 @@ def locked(paths: list, what: str, command: str, advice: str):
 
 @contextmanager
 def _held(path: Path, what: str, command: str, advice: str):
+    made = [folder for folder in [path.parent, *path.parent.parents] if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _descriptor_held(path, what, command, advice):
+            yield
+    finally:
+        for folder in made:  # the folders made for the lock only go again, when left empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+@contextmanager
+def _descriptor_held(path: Path, what: str, command: str, advice: str):
     import fcntl
     import socket
     import time
 
-    path.parent.mkdir(parents=True, exist_ok=True)
     while True:
         descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -220,8 +234,6 @@ def _held(path: Path, what: str, command: str, advice: str):
         except BlockingIOError:
             holder = _holder(descriptor)
             os.close(descriptor)
-            from sequifier.errors import LockedError
-
             raise LockedError(f"{what} is in use by {holder}; {advice}") from None
         if _is_file_at(descriptor, path):
             break
