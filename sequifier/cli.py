@@ -275,24 +275,46 @@ def _dispatch(args) -> None:
         _run_preprocess_step(args, loaded)
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (a time limit, `kill`) stops a stage like Ctrl-C does: it saves what resumes."""
+    import signal
+
+    from sequifier.errors import Stopped
+
+    def stop(number, frame):
+        raise Stopped
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def main(argv=None) -> None:
+    """Run a command; exit 2 for bad input, 74 when the machine or another process says no, 130 on
+    Ctrl-C and 143 on SIGTERM (see sequifier.errors)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sequifier").setLevel(logging.INFO)  # our progress; other libraries' warnings only
-    from sequifier.errors import SequifierError
+    from sequifier.errors import SequifierError, Stopped, os_failure
 
+    if args.command != "train-run":  # which passes SIGTERM on to its training
+        _stop_on_sigterm()
     try:
         _dispatch(args)
     except SequifierError as error:
         print(f"sequifier {args.command}: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(error.exit_code)
+    except OSError as error:
+        print(f"sequifier {args.command}: error: {os_failure(error)}", file=sys.stderr)
+        sys.exit(74)
     except MemoryError as error:
         print(
             f"sequifier {args.command}: error: out of memory ({error}); give it more memory, or use "
             "smaller parts (n_partitions) or fewer processes (n_cores); continue_preprocessing: true resumes",
             file=sys.stderr,
         )
-        sys.exit(2)
+        sys.exit(74)
+    except Stopped:
+        print(f"sequifier {args.command}: stopped by SIGTERM", file=sys.stderr)
+        sys.exit(143)
     except KeyboardInterrupt:
         print(f"sequifier {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)

@@ -8,6 +8,7 @@ parent folder). Where the operating system refuses an fsync (some file systems, 
 Windows) the write goes on without it.
 """
 
+import errno
 import hashlib
 import json
 import os
@@ -15,6 +16,8 @@ import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+
+from sequifier.errors import LockedError, os_failure
 
 
 def _temporary_sibling(path: Path, kind: str = "tmp") -> Path:
@@ -79,20 +82,59 @@ def _replace(source: Path, target: Path) -> None:
 def atomic_path(path):
     """Yield a temporary path next to `path`; on success flush it to disk and rename it onto `path`.
 
-    Works for files and folders. On error the temporary is removed and `path` is untouched.
+    Works for files and folders. On error the temporary is removed and `path` is untouched; an
+    OSError (a full disk, a refusal) is raised as an EnvironmentFailure that names `path`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temporary_sibling(path)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         sync_tree(tmp)
         _replace(tmp, path)
+    except OSError as error:
+        raise os_failure(error, _named(error, path), "writing") from None
     finally:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists() or tmp.is_symlink():
             tmp.unlink()
+
+
+def _named(error: OSError, path: Path) -> Path:
+    """The path an error is about: its own file where that is not the temporary, else `path`."""
+    named = getattr(error, "filename", None)
+    if named is None or Path(named).name.startswith(f".{path.name}."):
+        return path
+    return Path(named)
+
+
+def torch_save(obj, path) -> None:
+    """torch.save, a failed write raised as the OSError it is (torch reports 'unexpected pos')."""
+    import torch
+
+    try:
+        torch.save(obj, path)
+    except RuntimeError as error:
+        text = str(error)
+        if not any(sign in text for sign in ("unexpected pos", "PytorchStreamWriter", "file write failed")):
+            raise
+        number = _write_refusal(Path(path))
+        raise OSError(number, os.strerror(number), str(path)) from None
+
+
+def _write_refusal(path: Path) -> int:
+    """Why a write that the library did not explain failed: no space, a file-size limit, or I/O."""
+    import resource
+
+    try:
+        if os.statvfs(path.parent).f_bavail == 0:
+            return errno.ENOSPC
+    except OSError:
+        pass
+    if resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY:
+        return errno.EFBIG
+    return errno.EIO
 
 
 def content_hash(files: list) -> str:
@@ -138,6 +180,97 @@ def publish(source, target) -> None:
             (shutil.copytree if source.is_dir() else shutil.copy2)(source, tmp)
         shutil.rmtree(source) if source.is_dir() else source.unlink()
         sync_parent(source)
+
+
+# --- locks: what a run owns, held while it runs --------------------------------------------
+
+
+def lock_file(path) -> Path:
+    """The lock file of a path a run owns: `.NAME.lock` next to it."""
+    path = Path(path)
+    return path.with_name(f".{path.name.lstrip('.')}.lock")
+
+
+@contextmanager
+def locked(paths: list, what: str, command: str, advice: str):
+    """Hold the locks of `paths` (their lock_file) while the block runs, or raise LockedError at once
+    naming the holder: 'WHAT is in use by pid N (COMMAND, started HH:MM:SS on HOST); ADVICE'.
+
+    The locks are flock(2) locks, released by the operating system when their holder dies, so a
+    killed run leaves none behind; the lock files hold the holder's pid, host, command and start."""
+    from contextlib import ExitStack
+
+    with ExitStack() as stack:
+        for path in sorted({lock_file(path) for path in paths}):
+            stack.enter_context(_held(path, what, command, advice))
+        yield
+
+
+@contextmanager
+def _held(path: Path, what: str, command: str, advice: str):
+    made = [folder for folder in [path.parent, *path.parent.parents] if not folder.exists()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with _descriptor_held(path, what, command, advice):
+            yield
+    finally:
+        for folder in made:  # the folders made for the lock only go again, when left empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+@contextmanager
+def _descriptor_held(path: Path, what: str, command: str, advice: str):
+    import fcntl
+    import socket
+    import time
+
+    while True:
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(descriptor)
+            os.close(descriptor)
+            raise LockedError(f"{what} is in use by {holder}; {advice}") from None
+        if _is_file_at(descriptor, path):
+            break
+        os.close(descriptor)  # its holder removed it meanwhile: lock the one there now
+    try:
+        started = time.time()
+        holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": started}
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, (json.dumps(holder) + "\n").encode())
+        yield
+    finally:
+        try:
+            path.unlink()  # while still held: a run that opened it meanwhile takes a new one
+        except FileNotFoundError:
+            pass
+        os.close(descriptor)
+
+
+def _is_file_at(descriptor: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(descriptor), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
+def _holder(descriptor: int) -> str:
+    """'pid N (COMMAND, started HH:MM:SS on HOST)' from a lock file, as far as it was written."""
+    import time
+
+    try:
+        holder = json.loads(os.pread(descriptor, 4096, 0).decode())
+        moment = time.localtime(holder["started"])
+        today = time.localtime()[:3] == moment[:3]
+        when = time.strftime("%H:%M:%S" if today else "%Y-%m-%d %H:%M:%S", moment)
+        return f"pid {holder['pid']} ({holder['command']}, started {when} on {holder['host']})"
+    except (ValueError, KeyError, TypeError, OSError):  # being written: the holder is starting
+        return "another run (starting)"
 
 
 class UnsafeFileError(Exception):

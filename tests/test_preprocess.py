@@ -341,6 +341,7 @@ def test_a_worker_that_dies_is_a_clear_error():
     from sequifier.preprocess.pipeline import _Runner
 
     runner = _Runner(2)
+    runner.start()
     try:
         with pytest.raises(ResourceError, match="a worker process died during scan"):
             runner.map("scan", os._exit, [3])

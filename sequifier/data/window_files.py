@@ -38,6 +38,7 @@ from sequifier.data.columns import (
 from sequifier.data.streams import rechunk, write_stream
 from sequifier.data.windows import Windows, slot_rows, window_positions
 from sequifier.errors import DataError
+from sequifier.files import torch_save
 
 HEADER = (SEQUENCE, SUBSEQUENCE, START, LAST, STEP, CONTEXT, INPUT_COLUMN)  # the columns before the values
 ROW_GROUP_WINDOWS = 8192
@@ -174,9 +175,7 @@ def write_windows(target: Path, tables, fmt: str, merged: bool, metadata, per_fi
         elif fmt == "csv":
             _write_csv(shard, [table], fingerprint)
         else:
-            import torch
-
-            torch.save(to_tensors(table, columns, kinds, fingerprint), shard)
+            torch_save(to_tensors(table, columns, kinds, fingerprint), shard)
 
 
 # --- reading -------------------------------------------------------------------------------

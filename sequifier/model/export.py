@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from sequifier.errors import DataError, first_line
-from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain
+from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain, torch_save
 from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def write_bundle(path: Path, model: Transformer, description: dict):
     bundle = {**_plain(description), "state_dict": weights}
     bundle["checksum"] = bundle_checksum(bundle)
     with atomic_path(path) as tmp:
-        torch.save(bundle, tmp)
+        torch_save(bundle, tmp)
 
 
 def _canonical(value):

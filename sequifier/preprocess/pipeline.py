@@ -15,8 +15,17 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 
 from sequifier.data.metadata import Metadata
-from sequifier.errors import ConfigError, DataError, ResourceError
-from sequifier.files import content_hash, publish, read_json, remove, write_json
+from sequifier.errors import (
+    SPACE,
+    ConfigError,
+    DataError,
+    EnvironmentFailure,
+    ResourceError,
+    error_number,
+    os_failure,
+    uninterrupted,
+)
+from sequifier.files import content_hash, locked, publish, read_json, remove, write_json
 from sequifier.preprocess import steps
 from sequifier.preprocess.ownership import check_outputs
 from sequifier.preprocess.plan import Plan, make_plan, recorded_config
@@ -98,16 +107,21 @@ class _Runner:
     """Runs a step over items, in a pool of `n_cores` processes or in this process."""
 
     def __init__(self, n_cores: int):
-        self.pool = None
-        if n_cores > 1:
+        self.n_cores, self.pool = n_cores, None
+
+    def start(self) -> None:
+        if self.n_cores > 1:
             # Workers fork from a server that has imported the steps once; they start now, in the
             # background, so their start-up overlaps the partition step.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["sequifier.preprocess.steps"])
             self.pool = ProcessPoolExecutor(
-                n_cores, mp_context=context, initializer=_init_worker, initargs=(logging.getLogger().level,)
+                self.n_cores,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(logging.getLogger().level,),
             )
-            for _ in range(n_cores):
+            for _ in range(self.n_cores):
                 self.pool.submit(abs, 0)
 
     def map(self, description: str, function, items, *args) -> None:
@@ -136,17 +150,37 @@ class _Runner:
         if self.pool is not None:
             self.pool.shutdown(cancel_futures=True)
 
+    def stop(self) -> None:
+        """End the worker processes now (Ctrl-C, SIGTERM, a full disk), not after their part."""
+        if self.pool is None:
+            return
+        for process in list((self.pool._processes or {}).values()):
+            process.terminate()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
 
 def run(config: dict, source: str = "preprocess config") -> dict:
     """Preprocess the table of `config` (a resolved preprocess config); returns the metadata as the
     file holds it (a dict)."""
     started = time.perf_counter()
     plan = make_plan(config, source)
+    owned = f"the outputs of preprocessing {plan.name} (in {plan.output}, metadata {plan.metadata_path})"
+    advice = "wait for it, or use another output_path (and metadata_config_path)"
+    with locked(
+        [plan.work, plan.output / plan.name, plan.metadata_path], owned, "sequifier preprocess", advice
+    ):
+        return _run_locked(plan, started)
+
+
+def _run_locked(plan: Plan, started: float) -> dict:
+    config = plan.config
     check_outputs(plan)
     _prepare_work(plan)
     n_splits = len(config["split_ratios"])
     runner = _Runner(min(config["n_cores"] or os.cpu_count() or 1, plan.n_parts))
     try:
+        with uninterrupted():  # a SIGTERM while the pool starts stops it once it is there
+            runner.start()
         if plan.n_parts == 1:
             metadata = _run_in_memory(plan)
         else:
@@ -162,6 +196,23 @@ def run(config: dict, source: str = "preprocess config") -> dict:
         runner.close()  # let running workers finish before their folder goes
         shutil.rmtree(plan.work, ignore_errors=True)
         raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM
+        runner.stop()
+        logger.warning(
+            "stopped: the worker processes are ended; the work folder %s stays, and "
+            "continue_preprocessing: true resumes from it",
+            plan.work,
+        )
+        raise
+    except (OSError, EnvironmentFailure) as error:
+        if error_number(error) not in SPACE:
+            raise
+        runner.stop()  # a full disk: what this run wrote goes, so that it does not keep it full
+        shutil.rmtree(plan.work, ignore_errors=True)
+        failure = error if isinstance(error, EnvironmentFailure) else os_failure(error)
+        raise EnvironmentFailure(
+            f"{failure}; the work folder {plan.work} is removed, to free its space"
+        ) from None
     finally:
         runner.close()
     # The metadata is the commit point: an earlier run's goes first and this run's comes last, so

@@ -80,6 +80,16 @@ class Search:
         """Train the runs, `jobs` processes at a time, each recording its outcome."""
         threads = max(1, (os.cpu_count() or 1) // jobs)
         pending, running = [self.lifecycle(name, threads) for name in names], []
+        try:
+            self._train(pending, running, jobs)
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the runs stop too
+            for _, process, _ in running:
+                process.terminate()
+            for _, process, _ in running:
+                process.wait()
+            raise
+
+    def _train(self, pending: list, running: list, jobs: int) -> None:
         while pending or running:
             while pending and len(running) < jobs:
                 run = pending.pop(0)

@@ -7,19 +7,18 @@ read with torch.load(weights_only=True) and never runs code. Files are written a
 durably; the newest one is found by its name.
 """
 
+import logging
 import random
 import re
-import signal
-import threading
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sequifier.errors import DataError, first_line
-from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain
+from sequifier.errors import DataError, first_line, uninterrupted  # noqa: F401 (the trainer's)
+from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain, torch_save
 
+log = logging.getLogger(__name__)
 FORMAT = "sequifier-checkpoint/1"
 NAME = re.compile(r"sequifier-(?P<model>.+)-epoch-(?P<epoch>\d+)(?:-batch-(?P<batch>\d+))?\.pt$")
 
@@ -55,29 +54,56 @@ def config_differences(saved: dict, current: dict) -> list:
     ]
 
 
+def differences(state: dict, current: dict) -> list:
+    """Why a checkpoint does not continue the run `current` configures: the settings that change
+    what is trained, and a run planned for fewer epochs than the checkpoint has done."""
+    changed = config_differences(state["config"], current)
+    done, planned = state["progress"]["epoch"], current["training_spec"]["epochs"]
+    if done > planned:
+        before = state["config"]["training_spec"]["epochs"]
+        changed.append(
+            f"training_spec.epochs: {planned} is fewer than the {done} epoch(s) done of the {before} planned"
+        )
+    return changed
+
+
 def checkpoint_file(folder: Path, model_name: str, epoch: int, batches_done: int = 0) -> Path:
     batch = f"-batch-{batches_done}" if batches_done else ""
     return folder / f"sequifier-{model_name}-epoch-{epoch}{batch}.pt"
 
 
-def latest(folder: Path, model_name: str) -> Path | None:
-    """The checkpoint furthest into training, or None."""
+def _checkpoints(folder: Path, model_name: str) -> list:
+    """(epoch, batches done, path) of every checkpoint of the model name in the folder, in order."""
     found = []
     for path in folder.glob(f"sequifier-{model_name}-epoch-*.pt") if folder.is_dir() else []:
         match = NAME.match(path.name)
         if match and match["model"] == model_name:
             found.append((int(match["epoch"]), int(match["batch"] or 0), path))
-    return max(found)[2] if found else None
+    return sorted(found)
+
+
+def latest(folder: Path, model_name: str) -> Path | None:
+    """The checkpoint furthest into training, or None."""
+    found = _checkpoints(folder, model_name)
+    return found[-1][2] if found else None
 
 
 def partial_checkpoints(folder: Path, model_name: str) -> list:
     """The checkpoints written within an epoch (on Ctrl-C or every so many batches)."""
-    found = []
-    for path in folder.glob(f"sequifier-{model_name}-epoch-*-batch-*.pt") if folder.is_dir() else []:
-        match = NAME.match(path.name)
-        if match and match["model"] == model_name:
-            found.append(path)
-    return sorted(found)
+    return sorted(path for _, batches, path in _checkpoints(folder, model_name) if batches)
+
+
+def start_anew(folder: Path, model_name: str) -> None:
+    """A fresh run (continue_training: false): the checkpoints of an earlier run of the model name
+    go, so that a later continue_training resumes this run only."""
+    earlier = [path for _, _, path in _checkpoints(folder, model_name)]
+    for path in earlier:
+        remove(path)
+    if earlier:
+        log.info(
+            "removed %d checkpoint(s) of an earlier run of %s from %s (continue_training: false)",
+            len(earlier), model_name, folder,
+        )  # fmt: skip
 
 
 def remove_partial(folder: Path, model_name: str, keep=()) -> None:
@@ -86,23 +112,6 @@ def remove_partial(folder: Path, model_name: str, keep=()) -> None:
     for path in partial_checkpoints(folder, model_name):
         if path not in kept:
             remove(path)
-
-
-@contextmanager
-def uninterrupted():
-    """Ctrl-C inside the block takes effect at its end, so the state a checkpoint saves is never
-    half updated (an optimizer step without its bookkeeping). Outside the main thread: no effect."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda number, frame: received.append(number))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
 
 
 def random_states() -> dict:
@@ -140,7 +149,7 @@ def save(path: Path, state: dict, supersedes_partial: bool = False) -> None:
     interruption at any point leaves a checkpoint to resume from."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, **state, "random": random_states()}, tmp)
+        torch_save({"format": FORMAT, **state, "random": random_states()}, tmp)
     if supersedes_partial:
         match = NAME.match(path.name)
         if match is None:

@@ -10,8 +10,9 @@ Its outcome, by the exit code of the training:
 - 0: done; the metrics CSV is copied into place (atomically).
 - 1 or 2 (an error: bad settings, bad data, a crash): failed; an empty models folder and an empty
   metrics copy stand in for the outputs, so that the runs compared still have them.
-- anything else (killed by a signal or a time limit): incomplete; nothing is written, the stamp
-  and the checkpoints stay, and the next start resumes. So is a run that received Ctrl-C or
+- anything else (killed by a signal or a time limit, 74 when the machine said no: a full disk, a
+  lock held): incomplete; nothing is written, the stamp and the checkpoints stay, and the next
+  start resumes. So is a run that received Ctrl-C or
   SIGTERM and did not finish (torchrun exits with 1 when it is stopped).
 A finished run (done or failed) loses its stamp and writes its status JSON: run, status,
 exit_code, wall_s and the stamp of the inputs it was trained on.
@@ -169,6 +170,8 @@ class Run:
         finally:
             signal.signal(signal.SIGTERM, previous)
         status = self.finish(exit_code, time.monotonic() - started, stopped=bool(stopped))
+        if status is None and stopped:  # as the signal says, whatever torchrun made of it
+            return 128 + int(stopped[0])
         return 0 if status is not None else shell_exit_code(exit_code)
 
 

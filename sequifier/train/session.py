@@ -5,13 +5,14 @@ checkpoint when asked, fit, and export the best and last models. Under torchrun 
 writes anything.
 """
 
+import contextlib
 import copy
 import logging
 import os
 
 import torch
 
-from sequifier.files import remove
+from sequifier.files import locked, remove
 from sequifier.model import export
 from sequifier.model.network import Transformer
 from sequifier.train import checkpoint, distributed
@@ -65,6 +66,17 @@ def _log_to_file(plan: TrainPlan) -> logging.Handler:
     return handler
 
 
+def _lock(plan: TrainPlan):
+    """The lock on the files of the run's model name: its models, checkpoints, log and metrics."""
+    name = f"sequifier-{plan.name}"
+    return locked(
+        [plan.models / name, plan.checkpoints / name, plan.logs / name],
+        f"model_name {plan.name} (its models, checkpoints and metrics)",
+        "sequifier train",
+        "wait for it, or use another model_name",
+    )
+
+
 def run(loaded: dict, source: str = "train config") -> dict:
     """Train as the config says; returns the best epoch and loss and the files exported."""
     plan = make_train_plan(loaded, source)
@@ -73,8 +85,12 @@ def run(loaded: dict, source: str = "train config") -> dict:
     if not process.main:  # one voice: rank 0 reports, the others only warn
         logging.getLogger("sequifier").setLevel(logging.WARNING)
     handler, deterministic = None, torch.are_deterministic_algorithms_enabled()
-    precision = torch.get_float32_matmul_precision()
+    precision, owned = torch.get_float32_matmul_precision(), contextlib.ExitStack()
     try:
+        if process.main:  # the process that lives the whole run holds the model name's files
+            owned.enter_context(_lock(plan))
+            if not spec["continue_training"]:
+                checkpoint.start_anew(plan.checkpoints, plan.name)
         if process.device.type == "cuda":
             torch.set_float32_matmul_precision("high")  # TF32 matmuls on GPUs that have them
         if spec["enforce_determinism"]:
@@ -106,6 +122,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
             )  # fmt: skip
         return {"best_epoch": p.best_epoch, "best_loss": p.best_loss, "epochs": p.epoch, "models": written}
     finally:
+        owned.close()
         torch.use_deterministic_algorithms(deterministic)
         torch.set_float32_matmul_precision(precision)
         if handler is not None:

@@ -15,7 +15,7 @@ import torch
 from tqdm import tqdm
 
 from sequifier.data.window_files import PAD
-from sequifier.errors import ConfigError
+from sequifier.errors import ConfigError, Stopped
 from sequifier.model.network import Transformer
 from sequifier.train import checkpoint, distributed, nonfinite
 from sequifier.train.datasets import open_windows
@@ -93,7 +93,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = checkpoint.load(path)
-        changed = checkpoint.config_differences(state["config"], self.config)
+        changed = checkpoint.differences(state, self.config)
         if state.get("metadata") != self.plan.metadata.to_dict():
             changed.append(f"the metadata ({self.plan.metadata_path}) is not the one trained with")
         if state["progress"]["batches_done"] and state.get("world") != self.process.world:
@@ -365,8 +365,9 @@ class Trainer:
                 if stop:
                     log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
                     break
-        except KeyboardInterrupt:
-            log.warning("interrupted: saving a checkpoint to resume from (continue_training: true)")
+        except KeyboardInterrupt as stop:
+            how = "stopped by SIGTERM" if isinstance(stop, Stopped) else "interrupted"
+            log.warning("%s: saving a checkpoint to resume from (continue_training: true)", how)
             self.save_checkpoint()
             raise
         if p.best_state is None:  # no finite validation loss: the best model is the last one

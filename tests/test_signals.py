@@ -1,0 +1,136 @@
+"""SIGTERM (a time limit, `kill`): preprocess ends its worker processes and training saves a
+checkpoint; both say so, exit 143, leave no process behind, and resume to what an uninterrupted
+run gives."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import yaml
+from conftest import made_project, run_cli, sequences_table
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    return made_project(tmp_path_factory.mktemp("signals"))
+
+
+def descendants(pid: int) -> list:
+    """The processes started by `pid`, and theirs (from /proc)."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = (open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1]).split()
+            except OSError:
+                continue
+            parents.setdefault(int(fields[1]), []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += children
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie holds no memory: not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def terminated(process) -> str:
+    """SIGTERM to a paused process, then let it handle it; returns its stderr."""
+    process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    return stderr
+
+
+def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(made):
+    made.joinpath("data", "long.csv").write_text(sequences_table(4000, 20, 60).to_csv(index=False))
+    config = yaml.safe_load((made / "configs" / "preprocess.yaml").read_text())
+    config.update(data_path="data/long.csv", selected_columns=None, continue_preprocessing=True)
+    config.update(n_cores=2, n_partitions=8)
+    (made / "configs" / "long.yaml").write_text(yaml.safe_dump(config))
+    args = ["preprocess", "--config-path", "configs/long.yaml"]
+    whole = run_cli(*args, "--output-path", "whole", "-mc", "configs/whole.json", cwd=made)
+    assert whole.returncode == 0, whole.stderr
+
+    command = [sys.executable, "-m", "sequifier", *args, "--output-path", "cut", "-mc", "configs/cut.json"]
+    process = subprocess.Popen(command, cwd=made, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while len(descendants(process.pid)) < 4:  # the resource tracker, the fork server and 2 workers
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGSTOP)
+    workers = descendants(process.pid)
+    stderr = terminated(process)
+    assert (
+        "stopped: the worker processes are ended" in stderr
+        and "continue_preprocessing: true resumes" in stderr
+    )
+    assert stderr.strip().endswith("sequifier preprocess: stopped by SIGTERM")
+    time.sleep(0.5)
+    assert [pid for pid in workers if alive(pid)] == []
+    assert (made / "cut" / ".long-work").is_dir() and not list((made / "cut").glob("long-split*"))
+
+    resumed = run_cli(*args, "--output-path", "cut", "-mc", "configs/cut.json", cwd=made)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing from" in resumed.stderr
+    for k in range(3):
+        expected = pd.read_parquet(made / "whole" / f"long-split{k}.parquet")
+        pd.testing.assert_frame_equal(pd.read_parquet(made / "cut" / f"long-split{k}.parquet"), expected)
+    metadata = (made / "configs" / "cut.json").read_text()
+    assert metadata.replace("cut", "whole") == (made / "configs" / "whole.json").read_text()  # but its paths
+
+
+LOSSES = ("train_loss", "validation_loss")
+
+
+def losses(made, name) -> list:
+    with open(made / "logs" / f"sequifier-{name}-metrics.csv", newline="") as handle:
+        return [(row["epoch"], row["kind"], *(row[k] for k in LOSSES)) for row in csv.DictReader(handle)]
+
+
+def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made):
+    settings = [
+        "--set",
+        "training_spec.epochs=3",
+        "--set",
+        "wandb.mode=disabled",
+        "--set",
+        "export_onnx=false",
+    ]
+    whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
+    assert whole.returncode == 0, whole.stderr
+
+    command = [sys.executable, "-m", "sequifier", "train", "--model-name", "cut", *settings]
+    process = subprocess.Popen(command, cwd=made, stderr=subprocess.PIPE, text=True)
+    first, deadline = made / "checkpoints" / "sequifier-cut-epoch-1.pt", time.monotonic() + 120
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGSTOP)
+    stderr = terminated(process)
+    assert "stopped by SIGTERM: saving a checkpoint to resume from (continue_training: true)" in stderr
+    assert stderr.strip().endswith("sequifier train: stopped by SIGTERM")
+    assert not list((made / "models").glob("sequifier-cut-*"))
+    assert not (made / "checkpoints" / ".sequifier-cut.lock").exists()
+
+    resumed = run_cli(
+        "train", "--model-name", "cut", *settings, "--set", "training_spec.continue_training=true", cwd=made
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming from" in resumed.stderr
+    assert losses(made, "cut") == losses(made, "whole")
