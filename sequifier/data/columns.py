@@ -24,10 +24,11 @@ FILE_NAME = r"\w(?:[\w .-]{0,62}[\w-])?"  # a name kept as it is in a file name 
 
 def plain_names(names: list, pattern: str, prefix: str) -> list:
     """Each of `names` where it matches `pattern` (a regex), else `prefix{i}` by its position; all
-    by position should that name two alike. Column names are anything a table can hold; this is
-    how they appear where they cannot (file names, ONNX graphs)."""
+    by position should that name two alike (ignoring case, as some file systems do). Column names
+    are anything a table can hold; this is how they appear where they cannot (file names, ONNX)."""
     plain = [name if re.fullmatch(pattern, name) else f"{prefix}{i}" for i, name in enumerate(names)]
-    return plain if len(set(plain)) == len(plain) else [f"{prefix}{i}" for i in range(len(names))]
+    distinct = len({name.casefold() for name in plain}) == len(plain)
+    return plain if distinct else [f"{prefix}{i}" for i in range(len(names))]
 
 
 def class_column(name: str) -> str:

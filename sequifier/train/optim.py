@@ -87,7 +87,7 @@ def parameter_groups(model: torch.nn.Module | Iterable) -> list[dict[str, Any]]:
 
 # torch.optim classes that cannot train the model, and why
 UNSUITED = {
-    "SparseAdam": "it takes sparse gradients only, and the model's gradients are dense (Adam is its dense form)",
+    "SparseAdam": "it takes sparse gradients only, and the model's are dense (Adam is its dense form)",
     "Muon": "it optimizes 2-D weight matrices only, and the model also has biases, norms and embeddings",
 }
 
