@@ -70,11 +70,16 @@ def _refuse_repeated_keys(node, source: str, where: list, seen: set) -> None:
         for key, value in node.value:
             if isinstance(key, yaml.ScalarNode) and key.value != "<<":
                 if key.value in lines:
-                    raise ConfigError(
-                        f"{source}: key {_key_path([*where, key.value])!r} is given twice, on line "
-                        f"{lines[key.value]} and on line {key.start_mark.line + 1}; keep one"
+                    first, second = lines[key.value], key.start_mark
+                    places = (
+                        f"on line {first.line + 1} and on line {second.line + 1}"
+                        if first.line != second.line
+                        else f"on line {first.line + 1}, columns {first.column + 1} and {second.column + 1}"
                     )
-                lines[key.value] = key.start_mark.line + 1
+                    raise ConfigError(
+                        f"{source}: key {_key_path([*where, key.value])!r} is given twice, {places}; keep one"
+                    )
+                lines[key.value] = key.start_mark
                 _refuse_repeated_keys(value, source, [*where, key.value], seen)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):

@@ -100,9 +100,10 @@ def load_bundle(path) -> tuple:
     return model.train(bundle["with_dropout"]), bundle
 
 
-def load_weights(model: Transformer, weights: dict, path) -> None:
+def load_weights(model: Transformer, weights: dict, path, again: str = "train the model again") -> None:
     """`model.load_state_dict(weights)`; weights that do not fit (those of a model file written by
-    an earlier version of sequifier, which kept them by column name) are a clear DataError."""
+    an earlier version of sequifier, which kept them by column name) are a clear DataError that
+    ends with `again`, what to do."""
     expected, found = set(model.state_dict()), set(weights)
     if expected == found:
         try:
@@ -111,7 +112,7 @@ def load_weights(model: Transformer, weights: dict, path) -> None:
         except RuntimeError as error:
             raise DataError(
                 f"{path}: its weights do not fit the model its arguments describe ({first_line(error)}); "
-                "the file is damaged: train the model again"
+                f"the file is damaged: {again}"
             ) from None
     by_name = any(re.match(r"(encoders\.encoders|heads)\.[^\d]", key) for key in found)
     example = sorted(found - expected)[:1] + sorted(expected - found)[:1]
@@ -122,7 +123,7 @@ def load_weights(model: Transformer, weights: dict, path) -> None:
     )
     raise DataError(
         f"{path}: its weights are not those of the model it describes (e.g. {', '.join(example)}); "
-        f"{cause}: train the model again"
+        f"{cause}: {again}"
     )
 
 

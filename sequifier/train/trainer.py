@@ -105,7 +105,7 @@ class Trainer:
                 f"{'; '.join(changed)}; set training_spec.continue_training: false to start anew, "
                 "or use another model_name"
             )
-        load_weights(self.model, state["model"], path)
+        load_weights(self.model, state["model"], path, "train anew (training_spec.continue_training: false)")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None:
             self.schedule.load_state_dict(state["scheduler"])
