@@ -150,7 +150,17 @@ def _describe(error, schema: dict) -> str:
         return f"{_key_path([*error.absolute_path, missing])}: required key is missing"
     expected = error.schema.get("description", "")
     detail = f" ({expected})" if expected and error.validator in ("enum", "type", "anyOf") else ""
+    if error.validator == "type" and isinstance(error.instance, str) and _is_number(error.instance):
+        detail += "; it is quoted, so it is text: write the number without quotes"
     return f"{where}: {error.instance!r} is not valid: {error.message}{detail}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate(stage: str, config: dict, source: str) -> None:

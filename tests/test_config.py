@@ -51,6 +51,10 @@ def test_set_dotted_creates_nested_keys():
             ["c.yaml", "seq_length", "'abc'", "not of type 'integer'"],
         ),
         (
+            {"data_path": "a.csv", "seq_length": "12"},
+            ["seq_length", "'12'", "it is quoted, so it is text: write the number without quotes"],
+        ),
+        (
             {"data_path": "a.csv", "write_format": "xml"},
             ["write_format", "'xml'", "'parquet'", "'csv'", "'pt'"],
         ),
