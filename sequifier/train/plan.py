@@ -158,7 +158,7 @@ def _training_spec(config: dict, metadata: Metadata, fail) -> None:
     spec, kinds = config["training_spec"], config["target_column_types"]
     categorical = [c for c, kind in kinds.items() if kind == "categorical"]
     try:
-        optimizer_class(spec["optimizer"])  # a bad name is refused before any data is read
+        optimizer_class(spec["optimizer"])  # a bad name is refused before any window is read
     except ConfigError as error:
         fail(str(error))
     criteria = {}
