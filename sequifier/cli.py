@@ -174,8 +174,7 @@ TRAIN_FLAGS = {
 
 def _set_overrides(items: list) -> dict:
     """`--set a.b=VALUE` pairs, the values read as YAML."""
-    import yaml
-
+    from sequifier.config import parse_yaml
     from sequifier.errors import ConfigError
 
     overrides = {}
@@ -183,7 +182,7 @@ def _set_overrides(items: list) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. training_spec.epochs=5")
-        overrides[key] = yaml.safe_load(value)
+        overrides[key] = parse_yaml(value, f"--set {item!r}", "; the value is read as YAML: quote text in it")
     return overrides
 
 

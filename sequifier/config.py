@@ -6,6 +6,7 @@ has a type, a default and a description, and that file is the only place a field
 
 import copy
 import difflib
+import re
 from functools import lru_cache
 from pathlib import Path
 
@@ -22,15 +23,83 @@ def load_schema(stage: str) -> dict:
     return yaml.safe_load((SCHEMA_DIR / f"{stage}.schema.yaml").read_text())
 
 
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading 1e-3 as a number (as YAML 1.2 does; YAML 1.1 reads it as text)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?([0-9]+(\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
+
+
+def parse_yaml(text: str, source: str, hint: str = ""):
+    """The YAML document `text`; a key given twice in one mapping is a ConfigError naming both lines
+    (YAML loaders otherwise keep the last silently), as is text that is not YAML (with `hint`)."""
+    loader = None
+    try:
+        loader = _Loader(text)
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_repeated_keys(node, source, [], set())
+        return loader.construct_document(node)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {_yaml_problem(error)}{hint}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong, and where."""
+    mark = getattr(error, "problem_mark", None)
+    if mark is None:
+        return " ".join(str(error).split())
+    context = f" ({error.context})" if getattr(error, "context", None) else ""
+    return f"{error.problem} at line {mark.line + 1}, column {mark.column + 1}{context}"
+
+
+def _refuse_repeated_keys(node, source: str, where: list, seen: set) -> None:
+    if id(node) in seen:  # an alias of a node already checked
+        return
+    seen.add(id(node))
+    if isinstance(node, yaml.MappingNode):
+        lines = {}
+        for key, value in node.value:
+            if isinstance(key, yaml.ScalarNode) and key.value != "<<":
+                if key.value in lines:
+                    first, second = lines[key.value], key.start_mark
+                    places = (
+                        f"on line {first.line + 1} and on line {second.line + 1}"
+                        if first.line != second.line
+                        else f"on line {first.line + 1}, columns {first.column + 1} and {second.column + 1}"
+                    )
+                    raise ConfigError(
+                        f"{source}: key {_key_path([*where, key.value])!r} is given twice, {places}; keep one"
+                    )
+                lines[key.value] = key.start_mark
+                _refuse_repeated_keys(value, source, [*where, key.value], seen)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_repeated_keys(item, source, [*where, index], seen)
+
+
 def read_yaml(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
+    raw = path.read_bytes()
     try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (line {line} holds the byte {raw[error.start]:#x}; it was saved in "
+            "another encoding, such as latin-1 or cp1252); save the config as UTF-8"
+        ) from None
+    data = parse_yaml(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -81,7 +150,17 @@ def _describe(error, schema: dict) -> str:
         return f"{_key_path([*error.absolute_path, missing])}: required key is missing"
     expected = error.schema.get("description", "")
     detail = f" ({expected})" if expected and error.validator in ("enum", "type", "anyOf") else ""
+    if error.validator == "type" and isinstance(error.instance, str) and _is_number(error.instance):
+        detail += "; it is quoted, so it is text: write the number without quotes"
     return f"{where}: {error.instance!r} is not valid: {error.message}{detail}"
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def validate(stage: str, config: dict, source: str) -> None:

@@ -157,6 +157,31 @@ CASES = [
         [BAD_ROW, "column 'x'", "is missing", "NaN"],
         files={"data/t.csv": csv(*rows(), "2,10,u,NaN")},
     ),
+    # missing cells: the same in every column type (unquoted null spellings in CSV, nulls in Parquet)
+    *[
+        case(
+            f"missing-text-{spelling or 'empty'}",
+            [BAD_ROW, "column 'a' is missing", "null spelling", 'kept when quoted ("NA")'],
+            files={"data/t.csv": csv(*rows(), f"2,10,{spelling},0.5")},
+        )
+        for spelling in ("", "NA", "null", "N/A")
+    ],
+    case(
+        "missing-sequenceId-text",
+        ["data/t.csv line 3", "column 'sequenceId' is missing"],
+        files={"data/t.csv": csv("a,0,u,1", "NA,1,u,1", "a,2,v,1")},
+    ),
+    case(
+        "missing-text-parquet",
+        ["data/t.parquet row 2", "column 'a' is missing (null"],
+        files={"data/t.parquet": pa.table({"sequenceId": [1, 1], "itemPosition": [0, 1], "a": ["u", None]})},
+        config={"data_path": "data/t.parquet"},
+    ),
+    case(
+        "quoted-empty-in-a-number-column",
+        ["data/t.csv", "invalid value ''", "(column 'x')", 'a quoted "" or "NA" is text, not a number'],
+        files={"data/t.csv": csv(*rows(), '2,10,u,""')},
+    ),
     case(
         "nan-real-parquet",
         ["data/t.parquet row 3", "real column 'x' is nan", "(sequenceId 1)", "must be finite"],
@@ -191,6 +216,33 @@ CASES = [
         "ragged-csv",
         ["data/t.csv", "cannot be read as csv", "Expected 4 columns, got 5", "2,10,u,0.5,9"],
         files={"data/t.csv": csv(*rows(), "2,10,u,0.5,9")},
+    ),
+    case(
+        "parquet-read-as-csv",
+        ["data/t.parquet", "is a Parquet file, but is read as csv", "set read_format to parquet"],
+        files={"data/t.parquet": parquet_table([0.0, 1.0])},
+        config={"data_path": "data/t.parquet", "read_format": "csv"},
+    ),
+    case(
+        "csv-read-as-parquet",
+        ["data/t.csv", "is not a Parquet file", "set read_format to csv"],
+        config={"read_format": "parquet"},
+    ),
+    case(
+        "latin-1-values",
+        ["column 'a' of data/t.csv is not UTF-8 text", "latin-1", "save the file as UTF-8"],
+        files={"data/t.csv": GOOD.encode() + "2,10,caf\xe9,0.5\n".encode("latin-1")},
+    ),
+    case(
+        "latin-1-header",
+        ["data/t.csv is not UTF-8 text", "save the file as UTF-8"],
+        files={"data/t.csv": "sequenceId,itemPosition,caf\xe9\n1,0,u\n1,1,v\n".encode("latin-1")},
+    ),
+    case(
+        "late-text-sequenceId",
+        ["data/d/f2.csv", "invalid value 's7'", "every sequenceId must be of that type", "all as text"],
+        files={"data/d/f1.csv": GOOD, "data/d/f2.csv": csv("s7,0,u,0.5", "s7,1,v,0.5")},
+        config=FOLDER,
     ),
     case(
         "data-path-missing",
@@ -242,6 +294,16 @@ CASES = [
         "invalid-yaml",
         [CONFIG, "not valid YAML", "line 2"],
         raw_config="data_path: data/t.csv\n- seq_length\n",
+    ),
+    case(
+        "duplicate-key",
+        [CONFIG, "key 'seq_length' is given twice, on line 2 and on line 4"],
+        raw_config="data_path: data/t.csv\nseq_length: 2\nn_cores: 1\nseq_length: 3\n",
+    ),
+    case(
+        "duplicate-nested-key",
+        [CONFIG, "key 'column_types.a' is given twice, on line 3 and on line 4"],
+        raw_config="data_path: data/t.csv\ncolumn_types:\n  a: categorical\n  a: real\n",
     ),
     case("config-missing", ["configs/nope.yaml", "config file not found"], config_path="configs/nope.yaml"),
     # --- found by a second read: positions out of range, names twice, paths that collide

@@ -51,6 +51,10 @@ def test_set_dotted_creates_nested_keys():
             ["c.yaml", "seq_length", "'abc'", "not of type 'integer'"],
         ),
         (
+            {"data_path": "a.csv", "seq_length": "12"},
+            ["seq_length", "'12'", "it is quoted, so it is text: write the number without quotes"],
+        ),
+        (
             {"data_path": "a.csv", "write_format": "xml"},
             ["write_format", "'xml'", "'parquet'", "'csv'", "'pt'"],
         ),
@@ -85,3 +89,68 @@ def test_help_answers_without_importing_heavy_modules():
             [sys.executable, "-m", "sequifier", *command, "--help"], capture_output=True, text=True
         )
         assert result.returncode == 0 and "usage: sequifier" in result.stdout
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "sequifier", *args], cwd=cwd, capture_output=True, text=True)
+
+
+@pytest.mark.parametrize(
+    "content, args, expected",
+    [
+        (
+            "data_path: data/t.csv\n# caf\xe9\n".encode("latin-1"),
+            [],
+            ["configs/p.yaml: not UTF-8 text", "line 2", "0xe9", "save the config as UTF-8"],
+        ),
+        (
+            b"data_path: data/t.csv\nsplit_ratios: [0.8, 0.2]\nseed: 1\nsplit_ratios: [0.5, 0.5]\n",
+            [],
+            ["configs/p.yaml: key 'split_ratios' is given twice, on line 2 and on line 4"],
+        ),
+        (b"data_path: data/t.csv\n\x01\n", [], ["configs/p.yaml: not valid YAML", "special characters"]),
+    ],
+)
+def test_config_files_that_cannot_be_read_are_one_clear_line(tmp_path, content, args, expected):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "p.yaml").write_bytes(content)
+    result = _cli("preprocess", "--config-path", "configs/p.yaml", *args, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for piece in expected:
+        assert piece in result.stderr
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (
+            "training_spec.epochs=[1,",
+            ["--set 'training_spec.epochs=[1,'", "not valid YAML", "line 1, column 4"],
+        ),
+        ("model_name=a: b: c", ["--set 'model_name=a: b: c'", "not valid YAML", "quote text"]),
+        ("training_spec.optimizer={name: AdamW, name: SGD}", ["key 'name' is given twice"]),
+    ],
+)
+def test_set_values_that_are_not_yaml_are_refused(tmp_path, value, expected):
+    result = _cli("train", "--config-path", "nope.yaml", "--set", value, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    for piece in expected:
+        assert piece in result.stderr
+
+
+def test_numbers_with_an_exponent_are_numbers(tmp_path):
+    """YAML 1.1 reads 1e-3 as text; sequifier's configs read it as a number, as YAML 1.2 does."""
+    path = tmp_path / "t.yaml"
+    path.write_text("training_spec: {learning_rate: 1e-3, epochs: 2}\nseed: 1E3\nmodel_name: 1e\n")
+    assert config.read_yaml(path) == {
+        "training_spec": {"learning_rate": 0.001, "epochs": 2},
+        "seed": 1000.0,
+        "model_name": "1e",
+    }
+    search = tmp_path / "s.yaml"
+    search.write_text(
+        "strategy: sample\nn_samples: 2\nspace:\n  training_spec.learning_rate: {low: 1e-4, high: 1e-2}\n"
+    )
+    resolved = config.load("hyperparameter-search", search)
+    assert resolved["space"]["training_spec.learning_rate"] == {"low": 1e-4, "high": 1e-2}

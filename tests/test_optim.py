@@ -239,7 +239,7 @@ def test_weight_decay_shrinks_weight_matrices_but_not_norms(name):
     norm, linear, bias = (
         model.final_norm.weight,
         model.blocks[0].attention.query.weight,
-        model.heads["item"].bias,
+        model.heads[0].bias,
     )
     with torch.no_grad():
         norm.mul_(2.0)

@@ -341,6 +341,18 @@ def test_a_bad_search_space_stops_the_workflow_before_any_job(workflow, tmp_path
     assert "model_spec.dim_modle: unknown key (did you mean 'dim_model'?)" in dry.stderr + dry.stdout
 
 
+def test_a_key_given_twice_in_the_workflow_config_stops_it_before_any_job(workflow, tmp_path):
+    root = copy_of(workflow, tmp_path)
+    path = root / "config" / "config.yaml"
+    path.write_text(path.read_text() + "partitions: 5\n")
+    dry = snakemake(root, "-n")
+    assert dry.returncode != 0
+    assert re.search(
+        r"config/config.yaml: key 'partitions' is given twice, on line \d+ and on line \d+",
+        dry.stderr + dry.stdout,
+    )
+
+
 def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     root = copy_of(built, tmp_path)
     search_space(root, {"model_spec.n_head": [4, 3]})  # dim_model 32: 3 heads cannot train

@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from sequifier.data.columns import OTHER_ID
+from sequifier.data.columns import OTHER_ID, class_column
 from sequifier.data.metadata import Metadata
 
 log = logging.getLogger(__name__)
@@ -100,12 +100,13 @@ class OutputDecoder:
         return self._classes[column]
 
     def class_names(self, column: str) -> list:
-        """Names of the probability columns: the values of the classes, or their ids."""
+        """Names of the probability columns: the values of the classes, or their ids, never a key
+        column's name (`class_column`)."""
         ids = self.classes(column)
         if not self.map_to_id:
             return [str(i) for i in ids]
         values = self.values_by_id(column)
-        return [str(values[i]) for i in ids]
+        return [class_column(str(values[i])) for i in ids]
 
     def values_by_id(self, column: str) -> np.ndarray:
         if column not in self._values:

@@ -8,13 +8,17 @@ generation appends to the context). `embed` runs an embedding model. `outputs` n
 model writes with its columns; `prediction_tables` and `embedding_tables` fill them.
 """
 
+import logging
+
 import numpy as np
 
-from sequifier.data.columns import POSITION, SEQUENCE, SUBSEQUENCE
+from sequifier.data.columns import FILE_NAME, POSITION, SEQUENCE, SUBSEQUENCE, plain_names
 from sequifier.data.window_files import PAD
 from sequifier.errors import NumericError
 from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
 from sequifier.infer.plan import ModelSetup
+
+log = logging.getLogger(__name__)
 
 
 class ModelSteps:
@@ -32,6 +36,11 @@ class ModelSteps:
         self.generator = np.random.default_rng(config["seed"])  # the draws of the sampled targets
         self.batch_size = config["inference_batch_size"]  # windows per forward pass
         self.embedding = predictor.description["kind"] == "embedding"
+        targets = list(self.kinds)  # in file names by their names where they can be, else by position
+        self.file_names = dict(zip(targets, plain_names(targets, FILE_NAME, "target")))
+        for target in self.setup.probabilities:
+            if self.file_names[target] != target:
+                log.info("the probabilities of %r are written to %s files", target, self.file_names[target])
 
     def outputs(self) -> list:
         """(name, folder, suffix, columns) of every output this model writes."""
@@ -41,7 +50,8 @@ class ModelSteps:
         found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *self.setup.targets])]
         for target in self.setup.probabilities:
             names = [SEQUENCE, POSITION, *self.decoder.class_names(target)]
-            found.append((f"probabilities of {target}", "probabilities", f"{target}-probabilities", names))
+            suffix = f"{self.file_names[target]}-probabilities"
+            found.append((f"probabilities of {target}", "probabilities", suffix, names))
         return found
 
     def encode(self, chunk: dict, rows: np.ndarray | None = None) -> dict:

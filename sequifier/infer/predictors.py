@@ -63,10 +63,12 @@ class OnnxPredictor:
         self.session = onnxruntime.InferenceSession(
             proto.SerializeToString(), options, providers=onnxruntime.get_available_providers()
         )
-        self.names = [output.name for output in self.session.get_outputs()]
+        columns = [name for name, *_ in self.args.input_columns]
+        # the graph's input names in column order (older exports: the column names themselves)
+        self.feed_names = dict(zip(columns, self.description.get("onnx_inputs", columns)))
 
     def __call__(self, inputs: dict) -> dict | np.ndarray:
-        feed = {name: inputs[name] for name, *_ in self.args.input_columns}
+        feed = {self.feed_names[name]: inputs[name] for name in self.feed_names}
         outputs = self.session.run(None, feed)
         if self.description["kind"] == "embedding":
             return outputs[0]

@@ -1,11 +1,13 @@
 """Exported models: pt bundles and ONNX files, generative or embedding.
 
 A pt bundle is self-contained: the model's arguments and weights, the resolved train config and
-the metadata, so inference needs nothing else. An ONNX file takes one tensor per input column,
-named by the column ([batch, seq_length], a dynamic batch axis), gives next_{target} (logits or
-values of the next item) or sequence_embedding, and holds its weights in the one file. It also
-carries the bundle's description without the weights (kind, epoch, model arguments, config and
-metadata) as JSON in its metadata property CONTRACT, so ONNX inference needs nothing else either.
+the metadata, so inference needs nothing else. An ONNX file takes one tensor per input column
+([batch, seq_length], a dynamic batch axis), gives next_{target} (logits or values of the next
+item) or sequence_embedding, and holds its weights in the one file. Its inputs and outputs are
+named by the columns where a column name is a plain identifier (letters, digits, `_`), else by
+position (input_{i}, next_{i}); see `onnx_names`. It also carries the bundle's description without
+the weights (kind, epoch, model arguments, config and metadata, and the ONNX names in column
+order) as JSON in its metadata property CONTRACT, so ONNX inference needs nothing else either.
 
 Both carry a sha256 checksum of their content (`checksum`: weights and description; in ONNX the
 property CHECKSUM, over the graph with its weights and the description), verified when the file
@@ -23,13 +25,17 @@ from pathlib import Path
 
 import torch
 
+from sequifier.data.columns import IDENTIFIER, plain_names
 from sequifier.errors import DataError, first_line
 from sequifier.files import UnsafeFileError, atomic_path, torch_load_plain, torch_save
 from sequifier.model.network import EmbeddingHead, GenerativeHead, ModelArgs, Transformer
 
 log = logging.getLogger(__name__)
 FORMAT = "sequifier-model/2"
-EARLIER_FORMATS = {"sequifier-model/1": "it carries no checksum of its weights, so damage cannot be told"}
+EARLIER_FORMATS = {
+    "sequifier-model/1": "it carries no checksum of its weights, so damage cannot be told, and keys its "
+    "weights by column name"
+}
 CONTRACT = "sequifier"
 CHECKSUM = "sequifier-sha256"
 DAMAGED = "the file is damaged: export it again (train again), or copy it again from where it is intact"
@@ -146,8 +152,35 @@ def load_bundle(path) -> tuple:
     damaged file is a clear error."""
     bundle = read_bundle(path)
     model = Transformer(ModelArgs.from_dict(bundle["model_args"]))
-    model.load_state_dict(bundle["state_dict"])
+    load_weights(model, bundle["state_dict"], path)
     return model.train(bundle["with_dropout"]), bundle
+
+
+def load_weights(model: Transformer, weights: dict, path, again: str = "train the model again") -> None:
+    """`model.load_state_dict(weights)`; weights that do not fit (those of a model file written by
+    an earlier version of sequifier, which kept them by column name) are a clear DataError that
+    ends with `again`, what to do."""
+    expected, found = set(model.state_dict()), set(weights)
+    if expected == found:
+        try:
+            model.load_state_dict(weights)
+            return
+        except RuntimeError as error:
+            raise DataError(
+                f"{path}: its weights do not fit the model its arguments describe ({first_line(error)}); "
+                f"the file is damaged: {again}"
+            ) from None
+    by_name = any(re.match(r"(encoders\.encoders|heads)\.[^\d]", key) for key in found)
+    example = sorted(found - expected)[:1] + sorted(expected - found)[:1]
+    cause = (
+        "it was written by an earlier version of sequifier, which kept the weights by column name"
+        if by_name
+        else "it was not written by this version of sequifier"
+    )
+    raise DataError(
+        f"{path}: its weights are not those of the model it describes (e.g. {', '.join(example)}); "
+        f"{cause}: {again}"
+    )
 
 
 def find_export(models: Path, name: str, label: str = "best", embedding: bool = False, suffix: str = "pt"):
@@ -178,6 +211,17 @@ def example_inputs(args: ModelArgs, batch: int = 2) -> tuple:
     )
 
 
+def onnx_names(args: ModelArgs, kind: str) -> tuple[list, list]:
+    """(input names, output names) of an ONNX export, in column order: each column's name where it
+    is a plain identifier, else input_{i} (next_{i}) by its position; all by position should that
+    name two alike. The names are kept in the export's description (onnx_inputs, onnx_outputs)."""
+    inputs = plain_names([name for name, *_ in args.input_columns], IDENTIFIER, "input_")
+    if kind != "generative":
+        return inputs, ["sequence_embedding"]
+    targets = plain_names([name for name, *_ in args.target_columns], IDENTIFIER, "")
+    return inputs, [f"next_{name}" for name in targets]
+
+
 @contextmanager
 def _quiet_exporter():
     """The ONNX exporter's warnings (deprecations, optional torchvision ops) are not the user's business."""
@@ -201,12 +245,8 @@ def write_onnx(path: Path, model: Transformer, description: dict) -> None:
     head = export_head(model, kind).train(dropout)
     args = model.args
     inputs = example_inputs(args)
-    input_names = [name for name, *_ in args.input_columns]
-    output_names = (
-        [f"next_{name}" for name, *_ in args.target_columns]
-        if kind == "generative"
-        else ["sequence_embedding"]
-    )
+    input_names, output_names = onnx_names(args, kind)
+    description = {**description, "onnx_inputs": input_names, "onnx_outputs": output_names}
     batch = torch.export.Dim("batch", min=1)
     with atomic_path(path) as tmp, _quiet_exporter():
         torch.onnx.export(

@@ -2,7 +2,9 @@
 
 Only `nn.Module`s, in reading order: column encoders, rotary positions, attention, feed-forward,
 block, the transformer, and the two export heads (generative and embedding). `ModelArgs` holds
-everything needed to rebuild a model, so an exported bundle needs no config logic.
+everything needed to rebuild a model, so an exported bundle needs no config logic. Modules are
+kept by position (the order of the columns in `ModelArgs`), never by column name: any name a
+table can hold is a column name, while a module name may not be `type`, `items` or hold a dot.
 """
 
 import math
@@ -46,27 +48,24 @@ def make_norm(kind: str, dim: int) -> nn.Module:
 
 
 class ColumnEncoders(nn.Module):
-    """One encoder per input column (an embedding of ids, or a projection of a real value),
-    concatenated and projected to dim_model."""
+    """One encoder per input column (an embedding of ids, or a projection of a real value), in
+    input-column order, concatenated and projected to dim_model."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
-        self.encoders = nn.ModuleDict()
-        for name, kind, n_classes, width in args.input_columns:
-            self.encoders[name] = (
-                nn.Embedding(n_classes, width) if kind == "categorical" else nn.Linear(1, width)
-            )
-        self.kinds = {name: kind for name, kind, _, _ in args.input_columns}
+        self.columns = [(name, kind) for name, kind, _, _ in args.input_columns]
+        self.encoders = nn.ModuleList(
+            nn.Embedding(n_classes, width) if kind == "categorical" else nn.Linear(1, width)
+            for _, kind, n_classes, width in args.input_columns
+        )
         joint = sum(width for *_, width in args.input_columns)
         self.project = nn.Identity() if joint == args.dim_model else nn.Linear(joint, args.dim_model)
 
     def forward(self, inputs: dict) -> torch.Tensor:
         parts = []
-        for name, encoder in self.encoders.items():
+        for (name, kind), encoder in zip(self.columns, self.encoders):
             values = inputs[name]
-            parts.append(
-                encoder(values) if self.kinds[name] == "categorical" else encoder(values.unsqueeze(-1))
-            )
+            parts.append(encoder(values) if kind == "categorical" else encoder(values.unsqueeze(-1)))
         return self.project(torch.cat(parts, dim=-1))
 
 
@@ -176,11 +175,9 @@ class Transformer(nn.Module):
         self.dropout = nn.Dropout(args.dropout)
         self.blocks = nn.ModuleList(Block(args) for _ in range(args.num_layers))
         self.final_norm = make_norm(args.normalization, args.dim_model)
-        self.heads = nn.ModuleDict(
-            {
-                name: nn.Linear(args.dim_model, n_classes if kind == "categorical" else 1)
-                for name, kind, n_classes in args.target_columns
-            }
+        self.heads = nn.ModuleList(  # in target-column order
+            nn.Linear(args.dim_model, n_classes if kind == "categorical" else 1)
+            for _, kind, n_classes in args.target_columns
         )
         self.apply(self._initialize)
 
@@ -205,8 +202,8 @@ class Transformer(nn.Module):
 
     def predict(self, hidden: torch.Tensor) -> dict:
         outputs = {}
-        for name, kind, _ in self.args.target_columns:
-            out = self.heads[name](hidden)
+        for (name, kind, _), head in zip(self.args.target_columns, self.heads):
+            out = head(hidden)
             outputs[name] = out if kind == "categorical" else out.squeeze(-1)
         return outputs
 

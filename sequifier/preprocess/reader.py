@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 
 from sequifier.data.columns import POSITION, SEQUENCE
 from sequifier.errors import DataError
+from sequifier.preprocess.formats import check_format, csv_convert, not_utf8, read_error
 
 SOURCE_FILE = "__source_file__"
 SOURCE_ROW = "__source_row__"
@@ -78,10 +79,17 @@ def input_files(data_path: Path, read_format: str | None) -> tuple[list[Path], s
 
 def _read_schema(path: Path, fmt: str) -> pa.Schema:
     try:
+        check_format(path, fmt)
         if fmt == "parquet":
             return pq.read_schema(path)
+        # the types: a quoted null spelling counts as missing here, so that "" or "NA" in a column
+        # of numbers leaves it a column of numbers (and is refused when it is read, csv_convert)
         with pacsv.open_csv(path, read_options=pacsv.ReadOptions(block_size=CSV_INFERENCE_BYTES)) as reader:
-            return reader.schema
+            schema = reader.schema
+        schema.names  # noqa: B018 -- names that are not UTF-8 fail here, not later
+        return schema
+    except UnicodeDecodeError:
+        raise not_utf8(path) from None
     except (pa.ArrowException, OSError) as error:
         raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}") from None
 
@@ -118,6 +126,10 @@ def resolve_columns(files: list[Path], fmt: str, selected, column_types) -> Colu
                 f"{path}: missing column '{required}'; the input needs {SEQUENCE}, {POSITION} "
                 f"and at least one feature column (found: {', '.join(names)})"
             )
+    if fmt == "csv":
+        binary = [field.name for field in schema if pa.types.is_binary(field.type)]
+        if binary:
+            raise not_utf8(path, binary[0])
     if all(pa.types.is_null(t) for t in schema.types):
         raise DataError(f"{path}: the table has no rows (only a header)")
     for name in RESERVED:
@@ -218,9 +230,11 @@ def _validate(path: Path, fmt: str, table: pa.Table, columns: Columns, first_row
         if column.null_count:
             nulls = np.flatnonzero(pc.is_null(column).to_numpy(zero_copy_only=False))
             row = first_row + int(nulls[0])
+            spelled = "empty, NA, null, NaN or another null spelling" if fmt == "csv" else "null"
+            quote = '; a text value spelled like that is kept when quoted ("NA")' if fmt == "csv" else ""
             raise DataError(
-                f"{_where(path, fmt, row)}: column '{name}' is missing (empty, NA or NaN; "
-                f"{_count(len(nulls), 'such row')} in this block); fill or drop these rows"
+                f"{_where(path, fmt, row)}: column '{name}' is missing ({spelled}; "
+                f"{_count(len(nulls), 'such row')} in this block); fill or drop these rows{quote}"
             )
     for name in columns.real():
         values = table.column(name).to_numpy()
@@ -240,12 +254,13 @@ def _validate(path: Path, fmt: str, table: pa.Table, columns: Columns, first_row
 def _raw_batches(path: Path, fmt: str, columns: Columns):
     names = columns.schema.names
     try:
+        check_format(path, fmt)
         if fmt == "parquet":
             parquet = pq.ParquetFile(path, pre_buffer=False)  # pre-buffering holds whole row groups
             for batch in parquet.iter_batches(batch_size=BATCH_ROWS, columns=names):
                 yield pa.Table.from_batches([batch])
         else:
-            convert = pacsv.ConvertOptions(column_types=columns.csv_types, include_columns=names)
+            convert = csv_convert(column_types=columns.csv_types, include_columns=names)
             if path.stat().st_size <= CSV_WHOLE_BYTES:
                 yield pacsv.read_csv(path, convert_options=convert)
                 return
@@ -254,13 +269,7 @@ def _raw_batches(path: Path, fmt: str, columns: Columns):
                 for batch in reader:
                     yield pa.Table.from_batches([batch])
     except (pa.ArrowException, OSError) as error:
-        hint = ""
-        if "conversion error" in str(error):
-            hint = (
-                "; a column's type comes from column_types, else from the first rows of the first "
-                "file: fix the value, or set (or change) column_types for this column"
-            )
-        raise DataError(f"{path}: cannot be read as {fmt}: {_short(error)}{hint}") from None
+        raise read_error(path, fmt, error) from None
 
 
 def _conform(path: Path, table: pa.Table, columns: Columns) -> pa.Table:
@@ -279,7 +288,8 @@ def _conform(path: Path, table: pa.Table, columns: Columns) -> pa.Table:
         except pa.ArrowException as error:
             raise DataError(
                 f"{path}: column '{field.name}' has type {column.type} where {field.type} was expected "
-                f"(from the first input file or column_types): {_short(error)}"
+                f"(from the first input file{'' if field.name == SEQUENCE else ' or column_types'}): "
+                f"{_short(error)}"
             ) from None
     return pa.table(arrays, names=columns.schema.names)
 

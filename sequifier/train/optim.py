@@ -85,6 +85,43 @@ def parameter_groups(model: torch.nn.Module | Iterable) -> list[dict[str, Any]]:
     return groups + ([{"params": no_decay, "weight_decay": 0.0}] if no_decay else [])
 
 
+# torch.optim classes that cannot train the model, and why
+UNSUITED = {
+    "SparseAdam": "it takes sparse gradients only, and the model's are dense (Adam is its dense form)",
+    "Muon": "it optimizes 2-D weight matrices only, and the model also has biases, norms and embeddings",
+}
+
+
+def optimizer_class(spec: dict) -> type:
+    """The class `spec["name"]` names: a `torch.optim` class that can train the model, or AdEMAMix.
+    Those whose step needs a closure (LBFGS) are refused, since the training loop computes the
+    gradients once per step, as are those of UNSUITED."""
+    path = "training_spec.optimizer"
+    name = config_kwargs(path, spec).get("name")
+    found = {**public_classes(torch.optim, Optimizer), "AdEMAMix": AdEMAMix}
+    reasons = {
+        key: UNSUITED.get(key)
+        or "its step needs a closure that computes the loss again, several times per step, while "
+        "sequifier computes the gradients once per step"
+        for key, cls in found.items()
+        if key in UNSUITED or _needs_closure(cls)
+    }
+    classes = {key: cls for key, cls in found.items() if key not in reasons}
+    if name is None:
+        raise ConfigError(f"{path}.name: missing; allowed: {', '.join(sorted(classes))}")
+    if isinstance(name, str) and name in reasons:
+        raise ConfigError(
+            f"{path}.name: {name} cannot train a sequifier model: {reasons[name]}; choose another "
+            f"optimizer (allowed: {', '.join(sorted(classes))})"
+        )
+    return pick_class(f"{path}.name", "optimizer", name, classes)
+
+
+def _needs_closure(cls: type) -> bool:
+    closure = inspect.signature(cls.step).parameters.get("closure")
+    return closure is not None and closure.default is inspect.Parameter.empty
+
+
 def build_optimizer(model: torch.nn.Module | Iterable, spec: dict, learning_rate: float) -> Optimizer:
     """The optimizer named by `spec["name"]` (a `torch.optim` class or AdEMAMix); other keys are kwargs.
 
@@ -92,10 +129,8 @@ def build_optimizer(model: torch.nn.Module | Iterable, spec: dict, learning_rate
     takes `weight_decay`, it applies to the weight matrices and embeddings only (`parameter_groups`)."""
     path = "training_spec.optimizer"
     kwargs = config_kwargs(path, spec)
-    classes = {**public_classes(torch.optim, Optimizer), "AdEMAMix": AdEMAMix}
-    if kwargs.get("name") is None:
-        raise ConfigError(f"{path}.name: missing; allowed: {', '.join(sorted(classes))}")
-    cls = pick_class(f"{path}.name", "optimizer", kwargs.pop("name"), classes)
+    cls = optimizer_class(spec)
+    kwargs.pop("name")
     if "lr" in kwargs:
         raise ConfigError(f"{path}.lr: not allowed here; set training_spec.learning_rate instead")
     params = _trainable(model)

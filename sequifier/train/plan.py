@@ -18,6 +18,7 @@ from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.model.network import ModelArgs
 from sequifier.train.metrics import metrics_file
+from sequifier.train.optim import optimizer_class
 
 log = logging.getLogger(__name__)
 REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
@@ -160,6 +161,10 @@ def _model_spec(config: dict, fail) -> None:
 def _training_spec(config: dict, metadata: Metadata, fail) -> None:
     spec, kinds = config["training_spec"], config["target_column_types"]
     categorical = [c for c, kind in kinds.items() if kind == "categorical"]
+    try:
+        optimizer_class(spec["optimizer"])  # a bad name is refused before any window is read
+    except ConfigError as error:
+        fail(str(error))
     criteria = {}
     for name, kind in kinds.items():
         criteria[name] = spec["criterion"].get(

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from sequifier.data.window_files import PAD
 from sequifier.errors import ConfigError, Stopped
+from sequifier.model.export import load_weights
 from sequifier.model.network import Transformer
 from sequifier.train import checkpoint, distributed, nonfinite
 from sequifier.train.datasets import open_windows
@@ -104,7 +105,7 @@ class Trainer:
                 f"{'; '.join(changed)}; set training_spec.continue_training: false to start anew, "
                 "or use another model_name"
             )
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], path, "train anew (training_spec.continue_training: false)")
         self.optimizer.load_state_dict(state["optimizer"])
         if self.schedule is not None:
             self.schedule.load_state_dict(state["scheduler"])

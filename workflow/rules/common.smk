@@ -13,6 +13,9 @@ from sequifier.train import lifecycle
 from sequifier.train.metrics import metrics_file
 
 
+# Snakemake's YAML loader keeps the last of a key given twice: refuse it, as every stage does.
+for path in workflow.configfiles:
+    stage_config.read_yaml(path)
 validate(config, "../schemas/config.schema.yaml")
 
 EXPERIMENT = config["experiment"]
