@@ -120,3 +120,17 @@ def test_a_fresh_training_starts_clean_and_a_resume_continues_its_own_run(made):
     epochs = [int(row["epoch"]) for row in read_metrics(made / "logs" / "sequifier-fresh-metrics.csv")]
     assert epochs == [0, 1, 2]
     assert os.listdir(made / "checkpoints").count(".sequifier-fresh.lock") == 0
+
+
+def test_a_second_inference_onto_the_same_outputs_is_refused_and_the_first_finishes(made):
+    trained = run_cli("train", "--set", "training_spec.epochs=1", *TRAIN, cwd=made)
+    assert trained.returncode == 0, trained.stderr
+    lock = made / "outputs" / "predictions" / ".sequifier-default-best-predictions.lock"
+    first = started("infer", cwd=made, lock=lock)
+    line = refused_by(run_cli("infer", cwd=made), first, "infer")
+    assert "the outputs of sequifier-default-best (sequifier-default-best-predictions" in line
+    assert line.endswith("wait for it, or use another output_path")
+    finished(first)
+    written = list((made / "outputs" / "predictions").glob("sequifier-default-best-predictions*"))
+    assert len(written) == 1 and written[0].stat().st_size > 0
+    assert not lock.exists()

@@ -164,6 +164,8 @@ def _by_column_name(weights: dict, args: dict) -> dict:
 def test_a_model_file_with_weights_kept_by_column_name_is_refused_with_advice(hostile_project, tmp_path):
     bundle = torch.load(hostile_project / "models" / "sequifier-m-best-1.pt", weights_only=True)
     bundle["state_dict"] = _by_column_name(bundle["state_dict"], bundle["model_args"])
+    bundle["format"] = "sequifier-model/1"  # as an earlier version wrote it: no checksum
+    del bundle["checksum"]
     old = tmp_path / "sequifier-old-best-1.pt"
     torch.save(bundle, old)
     result = run_cli("infer", "-mp", old, "--output-path", tmp_path / "out", cwd=hostile_project)

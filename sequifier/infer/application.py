@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from sequifier.data.columns import LAST, SEQUENCE
 from sequifier.data.window_files import IDS, PAD, count_windows, read_chunks
+from sequifier.files import locked
 from sequifier.infer.generate import Generation
 from sequifier.infer.model_steps import ModelSteps
 from sequifier.infer.plan import make_infer_plan, model_setup
@@ -45,7 +46,18 @@ class Application:
         files, sharded = self.setup.windows.files(), self.setup.data_path.is_dir()
         total = count_windows(self.setup.windows) if self.setup.windows.fmt == "parquet" else None
         generation = self._generation() if self.config["autoregression"] else None
+        outputs = [
+            self.setup.output(self.plan, folder, suffix) for _, folder, suffix, _ in self.model.outputs()
+        ]
         with contextlib.ExitStack() as stack:
+            stack.enter_context(
+                locked(
+                    outputs,
+                    f"the outputs of {self.setup.base} ({', '.join(p.name for p in outputs)})",
+                    "sequifier infer",
+                    "wait for it, or use another output_path",
+                )
+            )
             fmt = self.config["write_format"]
             sinks = {
                 name: Sink(self.setup.output(self.plan, folder, suffix), fmt, columns, sharded, stack)

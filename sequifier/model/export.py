@@ -93,7 +93,7 @@ def _check_format(path: Path, found, what: str) -> None:
     if found in EARLIER_FORMATS:
         raise DataError(
             f"{path}: a model of format {found}, written by an earlier version of sequifier "
-            f"({EARLIER_FORMATS[found]}); train again with this version"
+            f"({EARLIER_FORMATS[found]}); train the model again with this version"
         )
     if found != FORMAT:
         raise DataError(f"{path}: not {what} (expected format {FORMAT})")
