@@ -274,28 +274,17 @@ def _dispatch(args) -> None:
         _run_preprocess_step(args, loaded)
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (a time limit, `kill`) stops a stage like Ctrl-C does: it saves what resumes."""
-    import signal
-
-    from sequifier.errors import Stopped
-
-    def stop(number, frame):
-        raise Stopped
-
-    signal.signal(signal.SIGTERM, stop)
-
-
 def main(argv=None) -> None:
     """Run a command; exit 2 for bad input, 74 when the machine or another process says no, 130 on
-    Ctrl-C and 143 on SIGTERM (see sequifier.errors)."""
+    Ctrl-C and 143 on SIGTERM (see sequifier.errors and sequifier.interrupts)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sequifier").setLevel(logging.INFO)  # our progress; other libraries' warnings only
-    from sequifier.errors import SequifierError, Stopped, os_failure
+    from sequifier.errors import SequifierError, os_failure
+    from sequifier.interrupts import Stopped, stop_on_sigterm
 
     if args.command != "train-run":  # which passes SIGTERM on to its training
-        _stop_on_sigterm()
+        stop_on_sigterm()
     try:
         _dispatch(args)
     except SequifierError as error:

@@ -2,15 +2,12 @@
 
 Exit codes of the CLI: 2 for bad input (SequifierError: ConfigError, DataError), 74 when the
 machine or another process says no (EnvironmentFailure: a file system refusal, out of memory, a
-lock held), 130 for Ctrl-C and 143 for SIGTERM (Stopped).
+lock held), 130 for Ctrl-C and 143 for SIGTERM (interrupts.Stopped).
 """
 
 import errno as codes
 import os
 import re
-import signal
-import threading
-from contextlib import contextmanager
 
 
 class SequifierError(Exception):
@@ -45,32 +42,6 @@ class ResourceError(EnvironmentFailure):
 
 class LockedError(EnvironmentFailure):
     """Another run holds the lock on what this run would write."""
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM received: stop like Ctrl-C (save what resumes), then exit with status 143."""
-
-
-@contextmanager
-def uninterrupted():
-    """Ctrl-C or SIGTERM inside the block takes effect at its end (KeyboardInterrupt, Stopped), so
-    that what it does is done whole: an optimizer step with its bookkeeping, a pool of worker
-    processes started with its handle kept. Outside the main thread: no effect."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    received = []
-    numbers = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.signal(number, lambda n, frame: received.append(n)) for number in numbers}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-    if signal.SIGTERM in received:
-        raise Stopped
-    if received:
-        raise KeyboardInterrupt
 
 
 SPACE = (codes.ENOSPC, codes.EDQUOT, codes.EFBIG)  # a write ran out of room

@@ -1,6 +1,6 @@
 """The package's layout: a wing per stage (preprocess, train, infer, search) over two foundations,
 the data contract (data/) and the network (model/), and shared modules at the top (config,
-errors, files, devices). A wing imports the foundations, and a sibling wing only where a stage
+errors, files, devices, interrupts). A wing imports the foundations, and a sibling wing only where a stage
 consumes another's product (search starts training runs); nothing imports back up."""
 
 import ast
@@ -11,7 +11,7 @@ import pytest
 from conftest import REPO
 
 PACKAGE = REPO / "sequifier"
-SHARED = {"config", "errors", "files", "devices"}  # the top-level modules every part may use
+SHARED = {"config", "errors", "files", "devices", "interrupts"}  # the top-level modules every part may use
 MAY_IMPORT = {
     "shared": {"shared"},
     "data": {"shared", "data"},

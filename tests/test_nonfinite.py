@@ -241,7 +241,10 @@ def test_a_bundle_of_the_earlier_format_is_refused(trained_project, tmp_path):
     assert_refused(
         infer(trained_project, model, tmp_path / "out"),
         tmp_path / "out",
-        [f"{model}: a model of format sequifier-model/1, written by an earlier version", "train the model again"],
+        [
+            f"{model}: a model of format sequifier-model/1, written by an earlier version",
+            "train the model again",
+        ],
     )
 
 

@@ -23,9 +23,9 @@ from sequifier.errors import (
     ResourceError,
     error_number,
     os_failure,
-    uninterrupted,
 )
 from sequifier.files import content_hash, locked, publish, read_json, remove, write_json
+from sequifier.interrupts import uninterrupted
 from sequifier.preprocess import steps
 from sequifier.preprocess.ownership import check_outputs
 from sequifier.preprocess.plan import Plan, make_plan, recorded_config

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sequifier.errors import DataError, first_line, uninterrupted  # noqa: F401 (the trainer's)
+from sequifier.errors import DataError, first_line
 from sequifier.files import UnsafeFileError, atomic_path, remove, torch_load_plain, torch_save
 
 log = logging.getLogger(__name__)

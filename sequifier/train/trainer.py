@@ -15,7 +15,8 @@ import torch
 from tqdm import tqdm
 
 from sequifier.data.window_files import PAD
-from sequifier.errors import ConfigError, Stopped
+from sequifier.errors import ConfigError
+from sequifier.interrupts import Stopped, uninterrupted
 from sequifier.model.export import load_weights
 from sequifier.model.network import Transformer
 from sequifier.train import checkpoint, distributed, nonfinite
@@ -211,7 +212,7 @@ class Trainer:
         an interval validation due after the step is marked pending in the same breath, so that a
         resumed run does not skip it. A step whose loss or gradient is not finite is skipped: too
         many of them in a row stop training (nonfinite.py)."""
-        with checkpoint.uninterrupted():
+        with uninterrupted():
             applied, grad_norm = self._apply_gradients(group_sums)
             if applied:
                 add(run.sums, group_sums)
@@ -356,7 +357,7 @@ class Trainer:
             for epoch in range(p.epoch + 1, spec["epochs"] + 1):
                 train, rate = self.train_epoch(epoch, tracker)
                 validation_loss = self.record(epoch, 0, "epoch", train, rate, tracker)
-                with checkpoint.uninterrupted():  # the epoch's end, all or nothing
+                with uninterrupted():  # the epoch's end, all or nothing
                     p.epoch_done(epoch, validation_loss, self.model)
                     if self.schedule is not None:
                         self.schedule.after_epoch()
