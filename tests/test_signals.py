@@ -57,13 +57,19 @@ def terminated(process) -> str:
     return stderr
 
 
+def long_config(made) -> list:
+    """A table that takes 2 workers a few seconds; the arguments that preprocess it."""
+    if not (made / "configs" / "long.yaml").exists():
+        made.joinpath("data", "long.csv").write_text(sequences_table(4000, 20, 60).to_csv(index=False))
+        config = yaml.safe_load((made / "configs" / "preprocess.yaml").read_text())
+        config.update(data_path="data/long.csv", selected_columns=None, continue_preprocessing=True)
+        config.update(n_cores=2, n_partitions=8)
+        (made / "configs" / "long.yaml").write_text(yaml.safe_dump(config))
+    return ["preprocess", "--config-path", "configs/long.yaml"]
+
+
 def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(made):
-    made.joinpath("data", "long.csv").write_text(sequences_table(4000, 20, 60).to_csv(index=False))
-    config = yaml.safe_load((made / "configs" / "preprocess.yaml").read_text())
-    config.update(data_path="data/long.csv", selected_columns=None, continue_preprocessing=True)
-    config.update(n_cores=2, n_partitions=8)
-    (made / "configs" / "long.yaml").write_text(yaml.safe_dump(config))
-    args = ["preprocess", "--config-path", "configs/long.yaml"]
+    args = long_config(made)
     whole = run_cli(*args, "--output-path", "whole", "-mc", "configs/whole.json", cwd=made)
     assert whole.returncode == 0, whole.stderr
 
@@ -82,7 +88,10 @@ def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(
     )
     assert stderr.strip().endswith("sequifier preprocess: stopped by SIGTERM")
     time.sleep(0.5)
-    assert [pid for pid in workers if alive(pid)] == []
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
     assert (made / "cut" / ".long-work").is_dir() and not list((made / "cut").glob("long-split*"))
 
     resumed = run_cli(*args, "--output-path", "cut", "-mc", "configs/cut.json", cwd=made)
@@ -93,6 +102,28 @@ def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(
         pd.testing.assert_frame_equal(pd.read_parquet(made / "cut" / f"long-split{k}.parquet"), expected)
     metadata = (made / "configs" / "cut.json").read_text()
     assert metadata.replace("cut", "whole") == (made / "configs" / "whole.json").read_text()  # but its paths
+
+
+def test_a_killed_preprocess_leaves_no_worker_behind(made):
+    """SIGKILL (an out-of-memory kill) cannot be handled: the workers see their run end and go too."""
+    args = [*long_config(made), "--output-path", "killed", "-mc", "k.json"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sequifier", *args], cwd=made, stderr=subprocess.DEVNULL
+    )  # no pipe: a worker left behind would hold it open
+    deadline = time.monotonic() + 120
+    while len(descendants(process.pid)) < 4:  # the resource tracker, the fork server and 2 workers
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    workers = descendants(process.pid)
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 10
+    while [pid for pid in workers if alive(pid)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert left == []
 
 
 LOSSES = ("train_loss", "validation_loss")

@@ -8,8 +8,10 @@ an interrupted run, skipping the steps already done.
 import logging
 import multiprocessing
 import os
+import select
 import shutil
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -96,11 +98,37 @@ def _run_in_memory(plan: Plan) -> Metadata:
     return metadata
 
 
-def _init_worker(level: int) -> None:
+def _init_worker(level: int, main_pid: int) -> None:
     import pyarrow
 
     pyarrow.set_cpu_count(1)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    threading.Thread(target=_exit_with, args=(main_pid,), daemon=True).start()
+
+
+def _exit_with(main_pid: int) -> None:
+    """End this worker when the run's main process has ended, also when it was killed (SIGKILL: an
+    out-of-memory kill, a time limit's last step), so that no worker is left holding memory."""
+    try:
+        handle = os.pidfd_open(main_pid)  # Linux: that very process, whatever reuses its pid later
+    except (AttributeError, OSError):
+        handle = None
+    if handle is not None:
+        select.select([handle], [], [])
+    else:
+        while _alive(main_pid):
+            time.sleep(1.0)
+    os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 class _Runner:
@@ -119,7 +147,7 @@ class _Runner:
                 self.n_cores,
                 mp_context=context,
                 initializer=_init_worker,
-                initargs=(logging.getLogger().level,),
+                initargs=(logging.getLogger().level, os.getpid()),
             )
             for _ in range(self.n_cores):
                 self.pool.submit(abs, 0)
