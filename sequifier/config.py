@@ -88,6 +88,8 @@ def _refuse_repeated_keys(node, source: str, where: list, seen: set) -> None:
 
 def read_yaml(path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; expected a config file (YAML)")
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     raw = path.read_bytes()

@@ -76,6 +76,8 @@ def test_invalid_yaml_and_missing_file(tmp_path):
         config.load("preprocess", bad)
     with pytest.raises(ConfigError, match="nope.yaml: config file not found"):
         config.load("preprocess", tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="is a folder; expected a config file"):
+        config.load("preprocess", tmp_path)
 
 
 def test_help_answers_without_importing_heavy_modules():
