@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import made_project, run_cli
 
-from sequifier.errors import EnvironmentFailure
+from sequifier.errors import ConfigError, EnvironmentFailure
 from sequifier.train import launch
 from sequifier.train.lifecycle import launch_command
 
@@ -65,7 +65,10 @@ def test_the_workflow_asks_train_launch_for_a_job_on_several_nodes():
         *("py", "-m", "sequifier", "train-launch", "--nodes=2", "--processes=1", "--"),
         *("--config-path", "run.yaml", "--set", "training_spec.device=cpu"),
     ]
+    assert launch_command("run.yaml", gpus=8, nodes=2)[4:6] == ["--nodes=2", "--processes=4"]  # a node's
     assert launch_command("run.yaml", gpus=2, nodes=1)[:2] == ["torchrun", "--standalone"]
+    with pytest.raises(ConfigError, match="on 2 nodes with 3 GPUs: give each node as many"):
+        launch_command("run.yaml", gpus=3, nodes=2)
 
 
 @pytest.mark.parametrize(

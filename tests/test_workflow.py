@@ -130,10 +130,12 @@ def test_gpu_resource_picks_the_device_and_the_launcher(workflow, gpus, launch):
 
 
 def test_nodes_resource_launches_a_torchrun_per_node(workflow):
-    result = snakemake(workflow, "-n", "--set-resources", "train:gpu=2", "train:nodes=2")
+    result = snakemake(workflow, "-n", "--set-resources", "train:gpu=4", "train:nodes=2")
     assert result.returncode == 0, result.stderr
     command = result.stdout.split("rule train:")[1].split("Shell command:")[1].splitlines()[0]
-    launch = "-m sequifier train-launch --nodes=2 --processes=2 -- --config-path results/example/runs/"
+    launch = (
+        "-m sequifier train-launch --nodes=2 --processes=2 -- --config-path results/example/runs/"  # 2 a node
+    )
     assert launch in command and "--set training_spec.device=cuda" in command, command
 
 

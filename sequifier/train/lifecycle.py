@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sequifier.errors import ConfigError
 from sequifier.files import atomic_path, content_hash, read_json, remove, write_json
 from sequifier.train import launch
 
@@ -37,18 +38,24 @@ def launch_command(config_path, gpus=None, resume=False, python="python", nodes=
     """`sequifier train` of a config: one process (the CPU or one GPU), or torchrun with a process
     per GPU (DDP) when gpus > 1 (sequifier.train.launch). With a number of gpus the device is set
     (cuda, or cpu for 0); without, the config's device is used. `resume` continues from the latest
-    checkpoint. On `nodes` > 1, gpus per node: `sequifier train-launch`, which starts one torchrun
-    per node of the SLURM job it runs in (its first node and id are known only there)."""
+    checkpoint. On `nodes` > 1 (gpus: those of the whole job, as many on each node):
+    `sequifier train-launch`, which starts one torchrun per node of the SLURM job it runs in (its
+    first node and id are known only there)."""
     train_args = ["--config-path", str(config_path)]
     if gpus is not None:
         train_args += ["--set", f"training_spec.device={'cuda' if gpus >= 1 else 'cpu'}"]
     if resume:
         train_args += ["--set", "training_spec.continue_training=true"]
-    processes = max(1, gpus or 1)
     if nodes > 1:
-        launcher = [python, "-m", "sequifier", "train-launch", f"--nodes={nodes}", f"--processes={processes}"]
+        if gpus and gpus % nodes:
+            raise ConfigError(
+                f"a training on {nodes} nodes with {gpus} GPUs: give each node as many "
+                f"(gpu: a multiple of nodes, e.g. {nodes * max(1, gpus // nodes)})"
+            )
+        per_node = max(1, (gpus or 0) // nodes)
+        launcher = [python, "-m", "sequifier", "train-launch", f"--nodes={nodes}", f"--processes={per_node}"]
         return [*launcher, "--", *train_args]
-    return launch.command(train_args, processes, python=python)
+    return launch.command(train_args, max(1, gpus or 1), python=python)
 
 
 def shell_exit_code(returncode: int) -> int:
