@@ -245,10 +245,12 @@ def _run_train_launch(args) -> None:
     from sequifier.errors import EnvironmentFailure
     from sequifier.train.launch import job_command
 
-    command = job_command(args.train_args, args.processes, os.environ, args.nodes, python=sys.executable)
+    command, environ = job_command(
+        args.train_args, args.processes, os.environ, args.nodes, python=sys.executable
+    )
     print(f"sequifier train-launch: {' '.join(command)}", file=sys.stderr, flush=True)
     try:
-        os.execvp(command[0], command)
+        os.execvpe(command[0], command, environ)
     except OSError as error:
         raise EnvironmentFailure(f"cannot start {command[0]}: {error.strerror}") from None
 

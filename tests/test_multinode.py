@@ -18,13 +18,17 @@ from sequifier.train.lifecycle import launch_command
 NODE = (
     "NodeName=gpu07 Arch=x86_64 CoresPerSocket=16\n   NodeAddr=10.1.0.7 NodeHostName=gpu07 Version=22.05.8\n"
 )
+JOB = "JobId=123456 JobName=train\n   NumNodes=2 NumCPUs=16\n   NodeList=gpu[07-08] BatchHost=gpu07\n"
 
 
 def scontrol(*args):
-    """What scontrol answers on a cluster whose job has nodes gpu07 and gpu08."""
+    """What scontrol answers on a cluster where job 123456 runs on nodes gpu07 and gpu08."""
     if args[:2] == ("show", "hostnames"):
         assert args[2] == "gpu[07-08]"
         return "gpu07\ngpu08\n"
+    if args[:2] == ("show", "job"):
+        assert args[2:] == ("123456", "--oneliner")
+        return JOB.replace("\n   ", " ")
     assert args == ("show", "node", "gpu07", "--oneliner")
     return NODE.replace("\n   ", " ")
 
@@ -33,10 +37,14 @@ TRAIN = ["--config-path", "run.yaml", "--set", "training_spec.device=cuda"]
 
 
 def test_a_job_on_two_nodes_runs_a_torchrun_per_node_meeting_on_the_first():
-    # inside the one-task step the workflow's job runs in: the step has 1 node, the job 2
-    environ = {"SLURM_JOB_ID": "123456", "SLURM_NNODES": "1", "SLURM_JOB_NUM_NODES": "2"}
-    job = launch.slurm_job({**environ, "SLURM_JOB_NODELIST": "gpu[07-08]"}, ask=scontrol)
-    assert job == launch.Job("123456", 2, "10.1.0.7") and job.endpoint == "10.1.0.7:23456"
+    # inside the one-task step the workflow's job runs in, the environment names the step's node only
+    environ = {"SLURM_JOB_ID": "123456", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu07"}
+    job = launch.slurm_job(environ, ask=scontrol)
+    assert job == launch.Job("123456", 2, "10.1.0.7", "gpu[07-08]") and job.endpoint == "10.1.0.7:23456"
+    # srun is told the job's nodes, not the step's
+    line, env = launch.job_command(TRAIN, 4, environ, nodes=2, ask=scontrol)
+    assert env["SLURM_JOB_NODELIST"] == "gpu[07-08]" and env["SLURM_JOB_NUM_NODES"] == "2"
+    assert line == launch.command(TRAIN, 4, job) and env["SLURM_NNODES"] == "1"
     assert launch.command(TRAIN, 4, job, python="/env/bin/python") == [
         *("srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--overlap", "--mem=0"),
         *("--kill-on-bad-exit=1", "/env/bin/python", "-m", "torch.distributed.run", "--nnodes=2"),
@@ -44,7 +52,7 @@ def test_a_job_on_two_nodes_runs_a_torchrun_per_node_meeting_on_the_first():
         *("-m", "sequifier", "train", *TRAIN),
     ]
     # jobs that share a first node meet on ports of their own
-    assert launch.Job("123457", 2, "h").port == 23457 and launch.Job("133456", 2, "h").port == 23456
+    assert launch.Job("123457", 2, "h", "h").port == 23457 and launch.Job("133456", 2, "h", "h").port == 23456
 
 
 def test_a_node_without_an_address_is_reached_by_its_name():
@@ -53,8 +61,9 @@ def test_a_node_without_an_address_is_reached_by_its_name():
 
 
 def test_one_node_keeps_standalone_torchrun_or_one_process():
-    for environ in ({}, {"SLURM_JOB_ID": "7", "SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "n1"}):
-        job = launch.slurm_job(environ)
+    one_node = {"NumNodes": "NumNodes=1 NumCPUs=2 NodeList=n1", "hostnames": "n1"}
+    for environ in ({}, {"SLURM_JOB_ID": "7", "SLURM_NNODES": "1"}):
+        job = launch.slurm_job(environ, ask=lambda *args: one_node["NumNodes"])
         assert job is None
         assert launch.command(TRAIN, 2, job)[:3] == ["torchrun", "--standalone", "--nproc_per_node=2"]
         assert launch.command(TRAIN, 1, job, python="py") == ["py", "-m", "sequifier", "train", *TRAIN]
@@ -72,16 +81,20 @@ def test_the_workflow_asks_train_launch_for_a_job_on_several_nodes():
 
 
 @pytest.mark.parametrize(
-    "environ, message",
+    "environ, answer, message",
     [
-        ({}, "asks for 2 nodes, but it runs on 1 (outside a SLURM job): submit it with sbatch --nodes=2"),
-        ({"SLURM_JOB_ID": "9", "SLURM_JOB_NUM_NODES": "2"}, "SLURM job on 2 nodes without"),
-        ({"SLURM_JOB_ID": "9", "SLURM_JOB_NUM_NODES": "two"}, "SLURM_JOB_NUM_NODES='two': expected"),
+        ({}, "", "asks for 2 nodes, but it runs on 1 (outside a SLURM job): submit it with sbatch --nodes=2"),
+        (
+            {"SLURM_JOB_ID": "9"},
+            "NumNodes=1 NodeList=n1",
+            "asks for 2 nodes, but it runs on 1 (in SLURM job 9)",
+        ),
+        ({"SLURM_JOB_ID": "9"}, "JobState=PENDING NodeList=(null)", "expected its NumNodes and NodeList"),
     ],
 )
-def test_a_launch_that_cannot_reach_its_nodes_says_why(environ, message):
+def test_a_launch_that_cannot_reach_its_nodes_says_why(environ, answer, message):
     with pytest.raises(EnvironmentFailure, match=re.escape(message)):
-        launch.job_command(TRAIN, 1, environ, nodes=2)
+        launch.job_command(TRAIN, 1, environ, nodes=2, ask=lambda *args: answer)
 
 
 def test_train_launch_outside_a_job_on_two_nodes_is_refused_by_the_cli(tmp_path):

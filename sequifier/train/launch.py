@@ -4,7 +4,7 @@ SLURM job that has several.
 - One node, one process: `python -m sequifier train ...`.
 - One node, N processes (a process per GPU, or N on the CPU): `torchrun --standalone
   --nproc_per_node=N -m sequifier train ...`.
-- Several nodes (a SLURM job with SLURM_JOB_NUM_NODES > 1): `srun` starts one torchrun per node
+- Several nodes (a SLURM job whose NumNodes > 1): `srun` starts one torchrun per node
   (`--ntasks-per-node=1`), and the torchruns meet in a c10d rendezvous on the job's first node
   (`scontrol show hostnames $SLURM_JOB_NODELIST`, reached at its NodeAddr), on a port taken from
   the job id, so that two jobs that share a first node (or two nodes on one host) do not collide.
@@ -25,11 +25,18 @@ PORTS = (20000, 10000)  # the rendezvous port: PORTS[0] + the job id modulo PORT
 
 @dataclass(frozen=True)
 class Job:
-    """The SLURM job a launch runs in: its id, its number of nodes and its first node's address."""
+    """The SLURM job a launch runs in: its id, its number of nodes, its first node's address and
+    its node list."""
 
     job_id: str
     nodes: int
     head: str
+    nodelist: str
+
+    def environment(self, environ: dict) -> dict:
+        """`environ` with the job's nodes where srun reads them: inside a one-task step they name
+        the step's node only, and srun would refuse a step on more ("Only allocated 1 nodes")."""
+        return {**environ, "SLURM_JOB_NODELIST": self.nodelist, "SLURM_JOB_NUM_NODES": str(self.nodes)}
 
     @property
     def port(self) -> int:
@@ -65,23 +72,23 @@ def first_node_address(nodelist: str, ask: Callable[..., str] = scontrol) -> str
 
 
 def slurm_job(environ: dict, ask: Callable[..., str] = scontrol) -> Job | None:
-    """The SLURM job of this environment when it has several nodes, else None. The job's values
-    (SLURM_JOB_NUM_NODES, SLURM_JOB_NODELIST) are read, not the step's, so that a launch inside a
-    one-task step of the job (as the workflow's jobs run) still sees every node."""
-    nodes = environ.get("SLURM_JOB_NUM_NODES") or environ.get("SLURM_NNODES")
-    if nodes is None:
+    """The SLURM job of this environment (SLURM_JOB_ID) when it has several nodes, else None.
+    Its nodes are asked of SLURM (`scontrol show job`), not read from the environment: inside a
+    one-task step (as the workflow's jobs run, with the job's variables left out) SLURM_NNODES
+    and SLURM_JOB_NODELIST are the step's, one node."""
+    job_id = environ.get("SLURM_JOB_ID")
+    if not job_id:
         return None
-    if not nodes.isdigit() or int(nodes) < 1:
-        raise EnvironmentFailure(f"SLURM_JOB_NUM_NODES={nodes!r}: expected a number of nodes")
+    fields = dict(field.partition("=")[::2] for field in ask("show", "job", job_id, "--oneliner").split())
+    nodes, nodelist = fields.get("NumNodes", "").split("-")[0], fields.get("NodeList", "")
+    if not nodes.isdigit() or int(nodes) < 1 or nodelist in ("", "(null)"):
+        raise EnvironmentFailure(
+            f"scontrol show job {job_id}: expected its NumNodes and NodeList, got "
+            f"NumNodes={fields.get('NumNodes')!r} NodeList={fields.get('NodeList')!r}"
+        )
     if int(nodes) == 1:
         return None
-    job_id, nodelist = (
-        environ.get("SLURM_JOB_ID"),
-        environ.get("SLURM_JOB_NODELIST") or environ.get("SLURM_NODELIST"),
-    )
-    if not job_id or not nodelist:
-        raise EnvironmentFailure(f"a SLURM job on {nodes} nodes without SLURM_JOB_ID or SLURM_JOB_NODELIST")
-    return Job(job_id, int(nodes), first_node_address(nodelist, ask))
+    return Job(job_id, int(nodes), first_node_address(nodelist, ask), nodelist)
 
 
 def command(
@@ -119,11 +126,11 @@ def command(
 
 
 def job_command(
-    train_args: list[str], processes: int, environ: dict, nodes: int | None = None, python="python"
+    train_args: list[str], processes: int, environ: dict, nodes=None, python="python", ask=scontrol
 ):
-    """The line for the job of `environ`; `nodes`, when given, is the number of nodes the job must
-    have (a train job that asked for them)."""
-    job = slurm_job(environ)
+    """The line for the job of `environ`, and the environment to run it in; `nodes`, when given,
+    is the number of nodes the job must have (a train job that asked for them)."""
+    job = slurm_job(environ, ask)
     found = 1 if job is None else job.nodes
     if nodes is not None and nodes != found:
         where = (
@@ -135,4 +142,5 @@ def job_command(
             f"the training asks for {nodes} nodes, but it runs on {found} ({where}): "
             f"submit it with sbatch --nodes={nodes} --ntasks-per-node=1"
         )
-    return command(train_args, processes, job, python=python)
+    line = command(train_args, processes, job, python=python)
+    return line, dict(environ) if job is None else job.environment(environ)
