@@ -114,13 +114,13 @@ SETTINGS += ["training_spec.batch_size=32", "training_spec.accumulation_steps=3"
 
 
 def cluster_up() -> bool:
+    """Whether the cpu partition has two nodes that take jobs (idle, or busy with others')."""
     if shutil.which("sinfo") is None:
         return False
     result = subprocess.run(["sinfo", "-h", "-p", "cpu", "-o", "%D %t"], capture_output=True, text=True)
-    idle = sum(
-        int(n) for n, state in (line.split() for line in result.stdout.splitlines()) if state == "idle"
-    )
-    return result.returncode == 0 and idle >= 2
+    states = (line.split() for line in result.stdout.splitlines())
+    up = sum(int(n) for n, state in states if state.rstrip("*~#") in ("idle", "mix", "alloc", "comp"))
+    return result.returncode == 0 and up >= 2
 
 
 def train_args(name: str) -> list:
