@@ -6,9 +6,9 @@ SLURM job that has several.
   --nproc_per_node=N -m sequifier train ...`.
 - Several nodes (a SLURM job whose NumNodes > 1): `srun` starts one torchrun per node
   (`--ntasks-per-node=1`), and the torchruns meet in a c10d rendezvous on the job's first node
-  (`scontrol show hostnames $SLURM_JOB_NODELIST`, reached at its NodeAddr), on a port taken from
-  the job id, so that two jobs that share a first node (or two nodes on one host) do not collide.
-  torchrun gives each process its RANK and LOCAL_RANK: its GPU, or the CPU with gloo.
+  (the first of `scontrol show hostnames` of the job's NodeList, reached at its NodeAddr), on a
+  port taken from the job id, so that two jobs that share a first node (or two nodes on one host)
+  do not collide. torchrun gives each process its RANK and LOCAL_RANK: its GPU, or the CPU with gloo.
 
 `sequifier train-launch` runs `job_command` inside a job: the workflow's train jobs on several
 nodes and a user's own sbatch script use the same line.
