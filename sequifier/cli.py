@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--split", type=int, help="split index (merge)")
     _add_preprocess_flags(step)
 
+    launch = commands.add_parser(
+        "train-launch", help="train on every node of the SLURM job it runs in (one torchrun per node)"
+    )
+    launch.add_argument(
+        "--processes", type=int, default=1, help="processes per node: its GPUs, or 1 on the CPU"
+    )
+    launch.add_argument("--nodes", type=int, help="the nodes the job must have (default: those it has)")
+    launch.add_argument(
+        "train_args", nargs="*", metavar="ARGS", help="after --: the flags of `sequifier train`"
+    )
+
     lifecycle = commands.add_parser("train-run")  # a training run from launch to outcome, for the workflow
     _add_train_run_flags(lifecycle)
     return parser
@@ -227,6 +238,23 @@ def _run_train_run(args) -> None:
     sys.exit(run.run_to_end())
 
 
+def _run_train_launch(args) -> None:
+    """Replace this process by the training's launch line for the job it runs in."""
+    import os
+
+    from sequifier.errors import EnvironmentFailure
+    from sequifier.train.launch import job_command
+
+    command, environ = job_command(
+        args.train_args, args.processes, os.environ, args.nodes, python=sys.executable
+    )
+    print(f"sequifier train-launch: {' '.join(command)}", file=sys.stderr, flush=True)
+    try:
+        os.execvpe(command[0], command, environ)
+    except OSError as error:
+        raise EnvironmentFailure(f"cannot start {command[0]}: {error.strerror}") from None
+
+
 def _dispatch(args) -> None:
     if args.command == "make":
         from sequifier.make import make
@@ -235,6 +263,9 @@ def _dispatch(args) -> None:
         return
     if args.command == "train-run":
         _run_train_run(args)
+        return
+    if args.command == "train-launch":
+        _run_train_launch(args)
         return
     from sequifier import config
 

@@ -129,6 +129,16 @@ def test_gpu_resource_picks_the_device_and_the_launcher(workflow, gpus, launch):
     assert "--set training_spec.device=cuda" in command, command
 
 
+def test_nodes_resource_launches_a_torchrun_per_node(workflow):
+    result = snakemake(workflow, "-n", "--set-resources", "train:gpu=4", "train:nodes=2")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.split("rule train:")[1].split("Shell command:")[1].splitlines()[0]
+    launch = (
+        "-m sequifier train-launch --nodes=2 --processes=2 -- --config-path results/example/runs/"  # 2 a node
+    )
+    assert launch in command and "--set training_spec.device=cuda" in command, command
+
+
 def test_workflow_matches_the_cli(built, tmp_path):
     results = built / "results" / "example"
     assert not (results / "preprocess-work").exists(), "intermediate files are removed"

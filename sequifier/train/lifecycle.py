@@ -26,25 +26,36 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from sequifier.errors import ConfigError
 from sequifier.files import atomic_path, content_hash, read_json, remove, write_json
+from sequifier.train import launch
 
 STAMP = "inputs.cksum"
 OUTCOMES = {0: "done", 1: "failed", 2: "failed"}  # other exit codes: killed, incomplete
 
 
-def launch_command(config_path, gpus=None, resume=False, python="python") -> list[str]:
+def launch_command(config_path, gpus=None, resume=False, python="python", nodes=1) -> list[str]:
     """`sequifier train` of a config: one process (the CPU or one GPU), or torchrun with a process
-    per GPU (DDP) when gpus > 1. With a number of gpus the device is set (cuda, or cpu for 0);
-    without, the config's device is used. `resume` continues from the latest checkpoint."""
-    launcher = [python, "-m", "sequifier"]
-    if gpus is not None and gpus > 1:
-        launcher = ["torchrun", "--standalone", f"--nproc_per_node={gpus}", "-m", "sequifier"]
-    command = [*launcher, "train", "--config-path", str(config_path)]
+    per GPU (DDP) when gpus > 1 (sequifier.train.launch). With a number of gpus the device is set
+    (cuda, or cpu for 0); without, the config's device is used. `resume` continues from the latest
+    checkpoint. On `nodes` > 1 (gpus: those of the whole job, as many on each node):
+    `sequifier train-launch`, which starts one torchrun per node of the SLURM job it runs in (its
+    first node and id are known only there)."""
+    train_args = ["--config-path", str(config_path)]
     if gpus is not None:
-        command += ["--set", f"training_spec.device={'cuda' if gpus >= 1 else 'cpu'}"]
+        train_args += ["--set", f"training_spec.device={'cuda' if gpus >= 1 else 'cpu'}"]
     if resume:
-        command += ["--set", "training_spec.continue_training=true"]
-    return command
+        train_args += ["--set", "training_spec.continue_training=true"]
+    if nodes > 1:
+        if gpus and gpus % nodes:
+            raise ConfigError(
+                f"a training on {nodes} nodes with {gpus} GPUs: give each node as many "
+                f"(gpu: a multiple of nodes, e.g. {nodes * max(1, gpus // nodes)})"
+            )
+        per_node = max(1, (gpus or 0) // nodes)
+        launcher = [python, "-m", "sequifier", "train-launch", f"--nodes={nodes}", f"--processes={per_node}"]
+        return [*launcher, "--", *train_args]
+    return launch.command(train_args, max(1, gpus or 1), python=python)
 
 
 def shell_exit_code(returncode: int) -> int:
