@@ -1,6 +1,7 @@
 """Streaming under DDP (torchrun, gloo, 2 processes): each rank reads only the files or row groups
 of its share, the ranks together see the split's windows, and a resumed epoch is the same."""
 
+import csv
 import json
 import os
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import yaml
 from conftest import REPO, sequences_table
 from test_data import as_rows, plan_of
 
@@ -97,3 +99,38 @@ def test_a_file_that_cannot_be_split_is_shared_by_window_ranges(streamed):
     validation = [as_rows(windows.batches(8, shuffle=False, rank=r, world=2)) for r in (0, 1)]
     assert sorted(validation[0] + validation[1]) == everything
     assert sum(len(b[PAD]) for b in shares[0]) == len(everything) // 2
+
+
+def test_streamed_training_on_two_ranks_resumes_to_the_uninterrupted_run(project):
+    """Through the CLI: 2 epochs streamed on 2 ranks in one go, and 1 epoch then 1 more resumed
+    from its checkpoint, end with the same validation loss."""
+    project.write_data(sequences_table(n_sequences=60))
+    project.preprocess(write_format="parquet", merge_output=False, batches_per_file=5, seq_length=6)
+    train_config = {
+        "project_root": str(project.root),
+        "metadata_config_path": "configs/metadata_configs/table.json",
+        "export_onnx": False,
+        "wandb": {"mode": "disabled"},
+        "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
+        "training_spec": {"epochs": 2, "batch_size": 8, "load_full_data_to_ram": False},
+    }
+    (project.root / "configs" / "train.yaml").write_text(yaml.safe_dump(train_config))
+
+    def train(name, *settings):
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        command += ["-m", "sequifier", "train", "--model-name", name]
+        command += [item for setting in settings for item in ("--set", setting)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        result = subprocess.run(
+            command, cwd=project.root, capture_output=True, text=True, env=env, timeout=300
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        with open(project.root / "logs" / f"sequifier-{name}-metrics.csv") as handle:
+            return [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]
+
+    whole = train("whole")
+    train("parts", "training_spec.epochs=1")
+    parts = train("parts", "training_spec.epochs=2", "training_spec.continue_training=true")
+    assert [r["epoch"] for r in whole] == [r["epoch"] for r in parts] == ["0", "1", "2"]
+    assert [r["validation_loss"] for r in parts] == [r["validation_loss"] for r in whole]
+    assert [r["train_loss"] for r in parts[1:]] == [r["train_loss"] for r in whole[1:]]
