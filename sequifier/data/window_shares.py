@@ -9,7 +9,9 @@ file in a seeded random order. The order is the same on every rank; rank r takes
 windows % world of the order are left out, so every rank gets as many windows and as many
 batches), and the windows from r * windows // world to (r + 1) * windows // world when validating
 (every window once). A rank reads only the pieces its range touches: at most one piece at each
-end of its range is read by a neighbouring rank too, each keeping its own part.
+end of its range is read by a neighbouring rank too, each keeping its own part. Listing the
+pieces checks every file's columns and fingerprint (from its footer or header) on every rank, so
+that files of other metadata stop all ranks alike, not only the one that reads them.
 """
 
 from dataclasses import dataclass, field
@@ -18,6 +20,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sequifier.data import fingerprints
 from sequifier.data.columns import CONTEXT
 from sequifier.data.window_files import PAD, WindowSource, read_chunks
 from sequifier.errors import DataError
@@ -45,7 +48,11 @@ def pieces(source: WindowSource, files: list) -> list[Piece]:
     for file in files:
         try:
             if source.fmt == "parquet":
-                found += _parquet_pieces(file, len(source.columns))
+                of_file = _parquet_pieces(file, len(source.columns))
+                footer = of_file[0].footer if of_file else None
+                for _ in read_chunks(source, file, row_groups=[], footer=footer):
+                    pass  # the file's columns and fingerprint checked, on every rank, no data read
+                found += of_file
             elif source.fmt == "pt":
                 found.append(Piece(file, None, _pt_windows(source, file), file.stat().st_size))
             else:
@@ -74,6 +81,7 @@ def _pt_windows(source: WindowSource, file: Path) -> int:
     shard = torch.load(file, weights_only=True, mmap=True)  # the tensors stay on disk
     if not isinstance(shard, dict) or CONTEXT not in shard:  # read_chunks says what is wrong
         return sum(len(chunk[PAD]) for chunk in read_chunks(source, file))
+    fingerprints.check(source, file, shard.get(fingerprints.PT_KEY))  # on every rank, not only the reader's
     return len(shard[CONTEXT])
 
 
