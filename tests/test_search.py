@@ -129,6 +129,7 @@ def test_runs_are_grouped_named_and_tagged_in_wandb(searched):
     names = sorted(run["name"] for run in runs)
     assert names == ["dim_model-24_n_head-3", "dim_model-24_n_head-4", "dim_model-32_n_head-4"]
     assert {run["group"] for run in runs} == {"example"}
+    assert {run["job_type"] for run in runs} == {"train"}  # told apart from other jobs of the group
     tagged = {run["name"]: sorted(run["tags"]) for run in runs}
     assert tagged["dim_model-24_n_head-3"] == ["dim_model=24", "n_head=3"]
 
