@@ -276,14 +276,17 @@ def _dispatch(args) -> None:
 
 def main(argv=None) -> None:
     """Run a command; exit 2 for bad input, 74 when the machine or another process says no, 130 on
-    Ctrl-C and 143 on SIGTERM (see sequifier.errors and sequifier.interrupts)."""
+    Ctrl-C, 143 on SIGTERM, and 75 when training stopped for SIGTERM or SIGUSR1 at a batch boundary
+    with its checkpoint saved (see sequifier.errors and sequifier.interrupts)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sequifier").setLevel(logging.INFO)  # our progress; other libraries' warnings only
     from sequifier.errors import SequifierError, os_failure
-    from sequifier.interrupts import Stopped, stop_on_sigterm
+    from sequifier.interrupts import RESUME_EXIT, Stopped, StoppedToResume, stop_at_boundary, stop_on_sigterm
 
-    if args.command != "train-run":  # which passes SIGTERM on to its training
+    if args.command == "train":  # SIGTERM, SIGUSR1: a checkpoint at the next batch boundary, exit 75
+        stop_at_boundary()
+    elif args.command != "train-run":  # which passes SIGTERM and SIGUSR1 on to its training
         stop_on_sigterm()
     try:
         _dispatch(args)
@@ -300,6 +303,12 @@ def main(argv=None) -> None:
             file=sys.stderr,
         )
         sys.exit(74)
+    except StoppedToResume as stop:
+        print(
+            f"sequifier {args.command}: {stop}; its checkpoint is saved, continue_training: true resumes",
+            file=sys.stderr,
+        )
+        sys.exit(RESUME_EXIT)
     except Stopped:
         print(f"sequifier {args.command}: stopped by SIGTERM", file=sys.stderr)
         sys.exit(143)
