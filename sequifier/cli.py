@@ -274,6 +274,24 @@ def _dispatch(args) -> None:
         _run_preprocess_step(args, loaded)
 
 
+def _leave_verdict(message: str) -> None:
+    """Bad input (exit 2) in a training run's verdict file, where its lifecycle reads it (under
+    torchrun, which returns 1 for a child's 2): see sequifier.train.lifecycle."""
+    import os
+    from pathlib import Path
+
+    from sequifier.errors import VERDICT_ENV, EnvironmentFailure
+    from sequifier.files import atomic_path
+
+    path = os.environ.get(VERDICT_ENV)
+    if path:
+        try:
+            with atomic_path(Path(path)) as tmp:
+                tmp.write_text(message + "\n")
+        except (OSError, EnvironmentFailure):
+            pass  # then the run is incomplete rather than failed: it is tried again
+
+
 def main(argv=None) -> None:
     """Run a command; exit 2 for bad input, 74 when the machine or another process says no, 130 on
     Ctrl-C, 143 on SIGTERM, and 75 when training stopped for SIGTERM or SIGUSR1 at a batch boundary
@@ -292,6 +310,8 @@ def main(argv=None) -> None:
         _dispatch(args)
     except SequifierError as error:
         print(f"sequifier {args.command}: error: {error}", file=sys.stderr)
+        if error.exit_code == 2:
+            _leave_verdict(f"sequifier {args.command}: error: {error}")
         sys.exit(error.exit_code)
     except OSError as error:
         print(f"sequifier {args.command}: error: {os_failure(error)}", file=sys.stderr)

@@ -11,6 +11,9 @@ import errno as codes
 import os
 import re
 
+# The file where the CLI leaves a bad-input error (exit 2) for a training run's lifecycle.
+VERDICT_ENV = "SEQUIFIER_VERDICT"
+
 
 class SequifierError(Exception):
     """Bad input from the user; the CLI prints the message and exits with status 2."""
