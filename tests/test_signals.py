@@ -177,3 +177,54 @@ def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_re
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
     assert losses(made, name) == losses(made, "whole")
+
+
+def test_save_interval_minutes_bounds_what_a_hard_kill_loses(made):
+    """Checkpoints within epochs by the clock, the newest keep_checkpoints kept: SIGKILL (which
+    nothing can handle) in the middle of an epoch, and the run resumes from within it to the
+    uninterrupted result."""
+    settings = [
+        "--set",
+        "training_spec.epochs=3",
+        "--set",
+        "wandb.mode=disabled",
+        "--set",
+        "export_onnx=false",
+    ]
+    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
+        assert run_cli("train", "--model-name", "whole", *settings, cwd=made).returncode == 0
+    clock = [
+        "--set",
+        "training_spec.save_interval_minutes=0.0001",
+        "--set",
+        "training_spec.keep_checkpoints=2",
+    ]
+    command = [sys.executable, "-m", "sequifier", "train", "--model-name", "hard", *settings, *clock]
+    process = subprocess.Popen(command, cwd=made, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((made / "checkpoints").glob("sequifier-hard-epoch-1-batch-*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    saved = sorted((made / "checkpoints").glob("sequifier-hard-*.pt"))
+    assert 1 <= len(saved) <= 2, saved
+    resumed = run_cli(
+        "train",
+        "--model-name",
+        "hard",
+        *settings,
+        *clock,
+        "--set",
+        "training_spec.continue_training=true",
+        cwd=made,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming from checkpoints/sequifier-hard-epoch-1-batch-\d+\.pt", resumed.stderr), (
+        resumed.stderr
+    )
+    assert losses(made, "hard") == losses(made, "whole")
+    assert [p.name for p in sorted((made / "checkpoints").glob("sequifier-hard-*.pt"))] == [
+        "sequifier-hard-epoch-2.pt",
+        "sequifier-hard-epoch-3.pt",
+    ]

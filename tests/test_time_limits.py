@@ -1,11 +1,15 @@
-"""Time limits on the local SLURM cluster (scripts/slurm-cluster): a training that needs several
-times its job's 1-minute limit finishes within one `snakemake --profile` invocation (each attempt
-stops itself at a checkpoint ahead of the limit, Snakemake's retries resume it) and ends with the
-best validation loss of an uninterrupted run."""
+"""Train jobs that do not end by themselves are retried and resume: one whose training is killed
+(as out of memory kills it) is tried again by Snakemake's retries from its checkpoint; and on the
+local SLURM cluster (scripts/slurm-cluster), a training that needs several times its job's
+1-minute limit finishes within one `snakemake --profile` invocation (each attempt stops itself at
+a checkpoint ahead of the limit, the profile's retries resume it) and ends with the best
+validation loss of an uninterrupted run."""
 
 import csv
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -18,11 +22,12 @@ from conftest import REPO
 
 BIN = Path(sys.executable).parent
 RUN = "dim_model-16"
-EPOCHS = 12  # some 2-3 minutes of training on one CPU thread: several 1-minute jobs
+METRICS = f"results/example/runs/{RUN}/metrics.csv"  # the training, not the inference after it
+EPOCHS = 100  # some 2 minutes of training on one CPU thread: several 1-minute jobs
 
 
-def workflow_copy(root: Path) -> Path:
-    """The repository's workflow and example with one run of EPOCHS epochs, on one CPU thread."""
+def workflow_copy(root: Path, epochs: int = EPOCHS) -> Path:
+    """The repository's workflow and example with one run of `epochs` epochs."""
     root.mkdir()
     for name in ("Snakefile", "workflow", "config", "resources", "envs"):
         source = REPO / name
@@ -32,7 +37,7 @@ def workflow_copy(root: Path) -> Path:
     experiment["search"]["space"] = {"model_spec.dim_model": [16]}
     (root / "config/config.yaml").write_text(yaml.safe_dump(experiment))
     train = yaml.safe_load((root / "config/train.yaml").read_text())
-    train["training_spec"].update(epochs=EPOCHS, save_interval_minutes=0.25)
+    train["training_spec"].update(epochs=epochs, save_interval_minutes=0.25)
     train["export_onnx"] = False
     (root / "config/train.yaml").write_text(yaml.safe_dump(train))
     return root
@@ -59,8 +64,52 @@ def snakemake(root: Path, *args) -> subprocess.CompletedProcess:
     return subprocess.run([str(BIN / "snakemake"), *args], cwd=root, env=env, capture_output=True, text=True)
 
 
+def descendants(pid: int) -> list:
+    """(pid, command line) of the processes started by `pid`, and theirs (from /proc)."""
+    parents = {}
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        parents.setdefault(parent, []).append((int(entry), command))
+    found, todo = [], [pid]
+    while todo:
+        children = parents.get(todo.pop(), [])
+        found += children
+        todo += [child for child, _ in children]
+    return found
+
+
+def test_a_killed_training_fails_its_job_and_a_retry_resumes_it(tmp_path):
+    """SIGKILL to the training (what an out-of-memory kill does) once it has a checkpoint: the run
+    is not marked failed, the job fails, and Snakemake's retry resumes from the checkpoint."""
+    root = workflow_copy(tmp_path / "killed", epochs=3)
+    env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]), "WANDB_MODE": "disabled"}
+    command = [str(BIN / "snakemake"), METRICS, "--cores", "2", "--retries", "1"]
+    started = subprocess.Popen(
+        command, cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    checkpoint = root / f"results/example/runs/{RUN}/checkpoints/sequifier-{RUN}-epoch-1.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists():
+        assert started.poll() is None and time.monotonic() < deadline, started.communicate()[0][-3000:]
+        time.sleep(0.05)
+    [training] = [pid for pid, line in descendants(started.pid) if " sequifier train --config-path" in line]
+    os.kill(training, signal.SIGKILL)
+    output = started.communicate(timeout=300)[0]
+    assert started.returncode == 0, output[-3000:]
+    assert "Trying to restart job" in output or "restart" in output.lower(), output[-3000:]
+    log = (root / f"logs/example/train/{RUN}.log").read_text()
+    assert "resuming from" in log, log[-2000:]
+    status = json.loads((root / f"results/example/runs/{RUN}/status.json").read_text())
+    assert status["status"] == "done"
+    assert [row["epoch"] for row in epoch_rows(root)] == ["0", "1", "2", "3"]
+
+
 def epoch_rows(root: Path) -> list:
-    with open(root / f"results/example/runs/{RUN}/metrics.csv") as handle:
+    with open(root / METRICS) as handle:
         return [row for row in csv.DictReader(handle) if row["kind"] == "epoch"]
 
 
@@ -70,7 +119,7 @@ def test_a_training_longer_than_its_time_limit_finishes_within_one_invocation(tm
     limited = workflow_copy(tmp_path / "limited")
     whole = workflow_copy(tmp_path / "whole")
     started = time.monotonic()
-    result = snakemake(limited, *cluster_profile(limited, runtime=1))
+    result = snakemake(limited, METRICS, *cluster_profile(limited, runtime=1))
     wall = time.monotonic() - started
     jobs = slurm_cluster.jobs_of(limited)
     slurm_cluster.cancel(*jobs)
@@ -80,7 +129,7 @@ def test_a_training_longer_than_its_time_limit_finishes_within_one_invocation(tm
     log = (limited / f"logs/example/train/{RUN}.log").read_text()
     assert "resuming from" in log and "stopped by SIGUSR1 at epoch" in log
 
-    local = snakemake(whole, "--cores", "2", "--set-threads", "train=1")
+    local = snakemake(whole, METRICS, "--cores", "2", "--set-threads", "train=1")
     assert local.returncode == 0, local.stderr[-3000:]
     ours, reference = epoch_rows(limited), epoch_rows(whole)
     assert [row["epoch"] for row in ours] == [str(e) for e in range(EPOCHS + 1)]
