@@ -17,6 +17,7 @@ Its outcome, by the exit code of the training:
   training at a checkpoint, a kill by a signal: nothing is written, the stamp and the checkpoints
   stay, the run exits non-zero (the job fails, and Snakemake's retries or the next start resume
   it from its checkpoints). So is a run stopped by Ctrl-C, SIGTERM or SIGUSR1.
+In a SLURM job with a time limit the run stops its training ahead of the limit (_deadline_alarm).
 A finished run (done or failed) loses its stamp and writes its status JSON: run, status,
 exit_code, wall_s, the stamp of the inputs it was trained on and, when failed, the error.
 """
@@ -112,26 +113,28 @@ class Run:
         per_process = max(1, self.threads // max(1, self.gpus))
         return {**found, "OMP_NUM_THREADS": str(per_process)}
 
-    def begin(self) -> None:
+    def begin(self) -> bool:
         """Forget the last outcome, take the stamp of the inputs the run trains on, and keep the
-        checkpoints only when they carry the same stamp."""
+        checkpoints only when they carry the same stamp; returns whether they were kept."""
         remove(self.status)
         remove(self.verdict)
         self.started_on = self.stamp()
         if self.checkpoints is None:
-            return
+            return False
         stamp_path, stamp = Path(self.checkpoints) / STAMP, self.started_on
         if stamp_path.is_file() and stamp_path.read_text().strip() == stamp:
-            return
+            return True
         shutil.rmtree(self.checkpoints, ignore_errors=True)
         with atomic_path(stamp_path) as tmp:
             tmp.write_text(stamp + "\n")
+        return False
 
     def start(self) -> subprocess.Popen:
-        """Begin, and launch the training in the background, its output in the log."""
-        self.begin()
+        """Begin, and launch the training in the background, its output in the log (after that of
+        the attempts it resumes, which say why they stopped)."""
+        resumes = self.begin()
         Path(self.log).parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log, "w") as output:
+        with open(self.log, "a" if resumes else "w") as output:
             return subprocess.Popen(
                 self.command, stdout=output, stderr=subprocess.STDOUT, env=self.environment()
             )
