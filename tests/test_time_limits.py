@@ -104,9 +104,8 @@ def test_a_killed_training_fails_its_job_and_a_retry_resumes_it(tmp_path):
     os.kill(training, signal.SIGKILL)
     output = started.communicate(timeout=300)[0]
     assert started.returncode == 0, output[-3000:]
-    assert "Trying to restart job" in output or "restart" in output.lower(), output[-3000:]
     log = (root / f"logs/example/train/{RUN}.log").read_text()
-    assert "resuming from" in log, log[-2000:]
+    assert "resuming from" in log, log[-2000:]  # the retry, its output after the killed attempt's
     status = json.loads((root / f"results/example/runs/{RUN}/status.json").read_text())
     assert status["status"] == "done"
     assert [row["epoch"] for row in epoch_rows(root)] == ["0", "1", "2", "3"]
@@ -122,10 +121,10 @@ def epoch_rows(root: Path) -> list:
 def test_a_training_longer_than_its_time_limit_finishes_within_one_invocation(tmp_path):
     limited = workflow_copy(tmp_path / "limited")
     whole = workflow_copy(tmp_path / "whole")
-    started = time.monotonic()
+    started, earlier = time.monotonic(), set(slurm_cluster.jobs_of(limited))  # of a folder used before
     result = snakemake(limited, METRICS, *cluster_profile(limited, runtime=1))
     wall = time.monotonic() - started
-    jobs = slurm_cluster.jobs_of(limited)
+    jobs = {job: found for job, found in slurm_cluster.jobs_of(limited).items() if job not in earlier}
     slurm_cluster.cancel(*jobs)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     train_jobs = sorted(job for job, (comment, _) in jobs.items() if comment.startswith("rule_train_"))
