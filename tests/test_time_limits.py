@@ -82,6 +82,7 @@ def descendants(pid: int) -> list:
     return found
 
 
+@pytest.mark.slow
 def test_a_killed_training_fails_its_job_and_a_retry_resumes_it(tmp_path):
     """SIGKILL to the training (what an out-of-memory kill does) once it has a checkpoint: the run
     is not marked failed, the job fails, and Snakemake's retry resumes from the checkpoint."""
