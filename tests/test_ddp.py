@@ -2,11 +2,15 @@
 
 import csv
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import items_of_splits, made_project
 from losses_by_hand import losses_by_hand, read_windows
@@ -104,3 +108,53 @@ def test_a_process_without_validation_windows_takes_part_in_every_sum(project):
             assert float(rows[key][figure]) == pytest.approx(
                 float(single[key][figure]), rel=1e-6, nan_ok=True
             )
+
+
+def torchrun(made, name, *settings) -> list:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "sequifier", "train", "--model-name", name, "--set", "training_spec.batch_size=16"]
+    return command + [item for setting in [*SETTINGS, *settings] for item in ("--set", setting)]
+
+
+def test_sigterm_stops_both_ranks_at_the_same_step_with_one_checkpoint_and_exit_75(made):
+    """SIGTERM to torchrun (as a time limit sends it) in the middle of an epoch: each rank stops at
+    the same batch boundary, one checkpoint is saved there, and the resumed run ends as an
+    uninterrupted one."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    whole = subprocess.run(torchrun(made, "whole"), cwd=made, capture_output=True, text=True, env=env)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    process = subprocess.Popen(torchrun(made, "cut"), cwd=made, stderr=subprocess.PIPE, text=True, env=env)
+    first, deadline = made / "checkpoints" / "sequifier-cut-epoch-1.pt", time.monotonic() + 300
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode != 0 and "/sequifier/" not in stderr, stderr[
+        -3000:
+    ]  # torchrun: a traceback of its own
+    stops = re.findall(
+        r"sequifier train: stopped by SIGTERM at epoch (\d+) batch (\d+); its checkpoint", stderr
+    )
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]  # both ranks, exit 75, the same step
+    assert stderr.count("saving a checkpoint to resume from") == 2
+    epoch, batch = map(int, stops[0])
+    saved = sorted(p.name for p in (made / "checkpoints").glob("sequifier-cut-*"))
+    expected = f"sequifier-cut-epoch-{epoch - 1}{f'-batch-{batch}' if batch else ''}.pt"
+    assert saved == sorted({"sequifier-cut-epoch-1.pt", expected}), saved
+    assert not list((made / "models").glob("sequifier-cut-*"))
+
+    resumed = torchrun(made, "cut", "training_spec.continue_training=true")
+    again = subprocess.run(resumed, cwd=made, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from checkpoints/{expected}" in again.stderr
+    cut, whole = (
+        [(r["epoch"], r["kind"], r["train_loss"], r["validation_loss"]) for r in metrics(path)]
+        for path in (made / "logs" / f"sequifier-{n}-metrics.csv" for n in ("cut", "whole"))
+    )
+    assert cut == whole
+    weights = [
+        load_bundle(made / "models" / f"sequifier-{n}-last-3.pt")[0].state_dict() for n in ("cut", "whole")
+    ]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])

@@ -161,11 +161,14 @@ def test_a_run_without_a_finite_loss_is_ranked_after_the_finished_ones(tmp_path)
         leaderboard.run_result("nan", tmp_path / "nan.csv", tmp_path),
         leaderboard.run_result("good", tmp_path / "good.csv", tmp_path),
         leaderboard.run_result("gone", tmp_path / "missing.csv", tmp_path),
+        leaderboard.outcome_row("killed", None, tmp_path / "killed.csv", tmp_path),  # no outcome: crashed
     ]
-    rows = leaderboard.ranked(results, [{"run": name, "lr": "0.1"} for name in ("nan", "good", "gone")])
+    names = ("nan", "good", "gone", "killed")
+    rows = leaderboard.ranked(results, [{"run": name, "lr": "0.1"} for name in names])
     assert [(r["run"], r["status"], r["rank"]) for r in rows] == [
         ("good", "done", 1),
         ("nan", "diverged", ""),
         ("gone", "failed", ""),
+        ("killed", "incomplete", ""),
     ]
     assert rows[0]["best_validation_loss"] == 1.2 and rows[0]["best_epoch"] == 2

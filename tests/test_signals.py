@@ -4,6 +4,7 @@ run gives."""
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -47,12 +48,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-def terminated(process) -> str:
+def terminated(process, code=143, number=signal.SIGTERM) -> str:
     """SIGTERM to a paused process, then let it handle it; returns its stderr."""
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(number)
     process.send_signal(signal.SIGCONT)
     stderr = process.communicate(timeout=300)[1]
-    assert process.returncode == 143, stderr
+    assert process.returncode == code, stderr
     assert "Traceback" not in stderr, stderr
     return stderr
 
@@ -134,7 +135,10 @@ def losses(made, name) -> list:
         return [(row["epoch"], row["kind"], *(row[k] for k in LOSSES)) for row in csv.DictReader(handle)]
 
 
-def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made):
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGUSR1])
+def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made, number):
+    """SIGTERM (a time limit) and SIGUSR1 (sent ahead of one): a checkpoint at the next batch
+    boundary, exit 75 ("resume me")."""
     settings = [
         "--set",
         "training_spec.epochs=3",
@@ -143,25 +147,84 @@ def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_re
         "--set",
         "export_onnx=false",
     ]
-    whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
-    assert whole.returncode == 0, whole.stderr
+    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
+        whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
+        assert whole.returncode == 0, whole.stderr
+    name = f"cut-{number.name}"
 
-    command = [sys.executable, "-m", "sequifier", "train", "--model-name", "cut", *settings]
+    command = [sys.executable, "-m", "sequifier", "train", "--model-name", name, *settings]
     process = subprocess.Popen(command, cwd=made, stderr=subprocess.PIPE, text=True)
-    first, deadline = made / "checkpoints" / "sequifier-cut-epoch-1.pt", time.monotonic() + 120
+    first, deadline = made / "checkpoints" / f"sequifier-{name}-epoch-1.pt", time.monotonic() + 120
     while not first.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
     process.send_signal(signal.SIGSTOP)
-    stderr = terminated(process)
-    assert "stopped by SIGTERM: saving a checkpoint to resume from (continue_training: true)" in stderr
-    assert stderr.strip().endswith("sequifier train: stopped by SIGTERM")
-    assert not list((made / "models").glob("sequifier-cut-*"))
-    assert not (made / "checkpoints" / ".sequifier-cut.lock").exists()
+    stderr = terminated(process, 75, number)
+    where = re.search(
+        f"stopped by {number.name} at epoch (\\d) batch (\\d+): saving a checkpoint to resume", stderr
+    )
+    assert where, stderr
+    assert stderr.strip().endswith(
+        f"sequifier train: stopped by {number.name} at epoch {where[1]} batch {where[2]}; its checkpoint is "
+        "saved, continue_training: true resumes"
+    )
+    assert not list((made / "models").glob(f"sequifier-{name}-*"))
+    assert not (made / "checkpoints" / f".sequifier-{name}.lock").exists()
 
     resumed = run_cli(
-        "train", "--model-name", "cut", *settings, "--set", "training_spec.continue_training=true", cwd=made
+        "train", "--model-name", name, *settings, "--set", "training_spec.continue_training=true", cwd=made
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    assert losses(made, "cut") == losses(made, "whole")
+    assert losses(made, name) == losses(made, "whole")
+
+
+def test_save_interval_minutes_bounds_what_a_hard_kill_loses(made):
+    """Checkpoints within epochs by the clock, the newest keep_checkpoints kept: SIGKILL (which
+    nothing can handle) in the middle of an epoch, and the run resumes from within it to the
+    uninterrupted result."""
+    settings = [
+        "--set",
+        "training_spec.epochs=3",
+        "--set",
+        "wandb.mode=disabled",
+        "--set",
+        "export_onnx=false",
+    ]
+    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
+        assert run_cli("train", "--model-name", "whole", *settings, cwd=made).returncode == 0
+    clock = [
+        "--set",
+        "training_spec.save_interval_minutes=0.0001",
+        "--set",
+        "training_spec.keep_checkpoints=2",
+    ]
+    command = [sys.executable, "-m", "sequifier", "train", "--model-name", "hard", *settings, *clock]
+    process = subprocess.Popen(command, cwd=made, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((made / "checkpoints").glob("sequifier-hard-epoch-1-batch-*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    saved = sorted((made / "checkpoints").glob("sequifier-hard-*.pt"))
+    assert 1 <= len(saved) <= 2, saved
+    resumed = run_cli(
+        "train",
+        "--model-name",
+        "hard",
+        *settings,
+        *clock,
+        "--set",
+        "training_spec.continue_training=true",
+        cwd=made,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming from checkpoints/sequifier-hard-epoch-1-batch-\d+\.pt", resumed.stderr), (
+        resumed.stderr
+    )
+    assert losses(made, "hard") == losses(made, "whole")
+    # the clock's checkpoints within epoch 3 pruned epoch 2's (keep 2), then went with the epoch's end
+    assert [p.name for p in (made / "checkpoints").glob("sequifier-hard-*.pt")] == [
+        "sequifier-hard-epoch-3.pt"
+    ]

@@ -68,7 +68,7 @@ def test_make_preprocess_train_writes_models_checkpoints_and_metrics(made):
     ]
     assert models == sorted(expected)
     checkpoints = sorted(p.name for p in (made / "checkpoints").iterdir())
-    assert checkpoints == [f"sequifier-default-epoch-{e}.pt" for e in range(1, 6)]
+    assert checkpoints == [f"sequifier-default-epoch-{e}.pt" for e in range(3, 6)]  # keep_checkpoints: 3
     assert "validation loss" in (made / "logs" / "sequifier-default.log").read_text()
 
 
