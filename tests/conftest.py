@@ -10,6 +10,16 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_runtest_setup(item):
+    """Tests marked `slurm` run on the local cluster of scripts/slurm-cluster, or skip saying why."""
+    if item.get_closest_marker("slurm"):
+        from slurm_cluster import down_reason
+
+        reason = down_reason()
+        if reason:
+            pytest.skip(reason)
+
+
 def sequences_table(n_sequences=30, min_length=3, max_length=40, seed=0, n_categories=6):
     """A long table with one string, one integer categorical and one real column."""
     rng = np.random.default_rng(seed)
