@@ -454,3 +454,29 @@ def test_a_train_job_with_two_gpus_asks_slurm_for_them_as_one_task(built, tmp_pa
     # granted, the job trains on cuda (which this machine's torch cannot: the GPUs are device files)
     log = (root / "logs/example/train/dim_model-16.log").read_text()
     assert "training_spec.device: 'cuda', but torch finds no CUDA GPU" in log, log
+
+
+@pytest.mark.slurm
+def test_the_slurm_profile_asks_for_cpus_and_memory_per_gpu_and_one_task(built, tmp_path):
+    """The profile as shipped (the tests above change its cluster values): its GPU request, whether
+    the cluster can grant it or not (8 CPUs per GPU: more than the local nodes have)."""
+    root = copy_of(built, tmp_path)
+    fast = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
+    profile = ["--profile", "workflow/profiles/slurm", *fast, "--verbose"]
+    result = snakemake(root, str(RUN / "status.json"), *profile, "--forcerun", "train")
+    slurm_cluster.cancel(*slurm_jobs(root))
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "sbatch --parsable" in line]
+    calls = {tuple(line.split("sbatch --parsable", 1)[1].split(" --wrap=")[0].split()) for line in lines}
+    assert len(calls) == 1, calls  # logged twice when the cluster refuses the job: the same call
+    flags = list(calls.pop())
+    assert "rule_train_wildcards_dim_model-16" in flags, flags
+    settings = yaml.safe_load((root / "workflow/profiles/slurm/config.yaml").read_text())
+    train, defaults = settings["set-resources"]["train"], settings["default-resources"]
+    for flag in (f"--gpus={train['gpu']}", f"--cpus-per-gpu={defaults['cpus_per_gpu']}", "--nodes=1"):
+        assert flag in flags, flags
+    pairs = set(zip(flags, flags[1:]))
+    for flag, value in (("--mem-per-cpu", defaults["mem_mb_per_cpu"]), ("-t", train["runtime"])):
+        assert (flag, str(value)) in pairs, flags
+    assert ("-p", train["slurm_partition"]) in pairs, flags
+    # one task: torchrun starts the processes (no --ntasks-per-gpu, which would run the job per GPU)
+    assert not [flag for flag in flags if flag.startswith(("--ntasks", "--cpus-per-task"))], flags
