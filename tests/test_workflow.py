@@ -1,7 +1,7 @@
 """The Snakemake workflow: lint, dry runs, a real run that matches the CLI and trains the example
 model, a no-op re-run, a changed train config that trains afresh, an interrupted training that
-resumes, and runs on the local SLURM cluster (scripts/slurm-cluster): the example, and what a train job
-with two GPUs asks for."""
+resumes, and runs on the local SLURM cluster (scripts/slurm-cluster): the example, what a train job
+with two GPUs is granted, and what the slurm profile as shipped asks for."""
 
 import csv
 import json
