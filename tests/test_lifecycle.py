@@ -64,7 +64,8 @@ def epochs(metrics) -> list:
         return [row["epoch"] for row in csv.DictReader(handle) if row["kind"] == "epoch"]
 
 
-def test_one_process_or_torchrun_with_a_process_per_gpu_sharing_the_threads():
+def test_one_process_or_torchrun_with_a_process_per_gpu_sharing_the_threads(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_GPU", raising=False)
     assert launch_command("run.yaml") == ["python", "-m", "sequifier", "train", "--config-path", "run.yaml"]
     on_cpu = launch_command("run.yaml", gpus=0, resume=True)
     assert on_cpu[-4:] == [
@@ -78,6 +79,16 @@ def test_one_process_or_torchrun_with_a_process_per_gpu_sharing_the_threads():
     assert "training_spec.device=cuda" in on_two
     run = Run("a", on_two, status="status.json", log="train.log", gpus=2, threads=8)
     assert run.environment()["OMP_NUM_THREADS"] == "4"
+
+
+def test_in_a_slurm_gpu_job_each_process_gets_the_cpus_granted_per_gpu(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_GPU", "16")  # sbatch --gpus=2 --cpus-per-gpu=16
+    on_two = Run("a", launch_command("run.yaml", gpus=2), status="s.json", log="t.log", gpus=2, threads=8)
+    assert on_two.environment()["OMP_NUM_THREADS"] == "16"
+    on_cpu = Run("a", launch_command("run.yaml", gpus=0), status="s.json", log="t.log", gpus=0, threads=8)
+    assert on_cpu.environment()["OMP_NUM_THREADS"] == "8"  # a CPU job: its threads (--cpus-per-task)
+    monkeypatch.setenv("SLURM_CPUS_PER_GPU", "")
+    assert on_two.environment()["OMP_NUM_THREADS"] == "4"
 
 
 def test_a_done_run_writes_its_status_and_its_metrics_copy(made):

@@ -78,7 +78,7 @@ class Run:
     status: the status JSON written when it finishes. log: the training's output (stdout and stderr).
     gpus: the GPUs of the job, in the stamp (the command starts a process per GPU when more than one).
     threads: the CPU threads of the job, split between its processes (OMP_NUM_THREADS); None leaves
-    the environment as it is.
+    the environment as it is. In a SLURM job with --cpus-per-gpu, each process gets that many.
     inputs: the files its stamp covers. checkpoints: the folder its stamp guards (None: no guard;
     the folder is dropped when the stamp differs, so it must be the run's own).
     metrics: the metrics CSV training writes; metrics_copy: where it is copied when the run is done.
@@ -116,8 +116,12 @@ class Run:
 
     def environment(self) -> dict:
         """The environment of the training: this one, with the file of its verdict and the threads
-        of each process."""
+        of each process: the CPUs SLURM grants per GPU (--cpus-per-gpu) in a GPU job, else the
+        job's threads split between its processes."""
         found = {**os.environ, VERDICT_ENV: str(self.verdict)}
+        per_gpu = os.environ.get("SLURM_CPUS_PER_GPU", "")
+        if self.gpus >= 1 and per_gpu.isdigit() and int(per_gpu) >= 1:
+            return {**found, "OMP_NUM_THREADS": per_gpu}
         if self.threads is None:
             return found
         per_process = max(1, self.threads // max(1, self.gpus))
