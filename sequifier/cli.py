@@ -331,7 +331,7 @@ def main(argv=None) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sequifier").setLevel(logging.INFO)  # our progress; other libraries' warnings only
     from sequifier.errors import SequifierError, os_failure
-    from sequifier.interrupts import RESUME_EXIT, Stopped, StoppedToResume, stop_at_boundary, stop_on_sigterm
+    from sequifier.interrupts import Stopped, StoppedToResume, stop_at_boundary, stop_on_sigterm
 
     if args.command == "train":  # SIGTERM, SIGUSR1: a checkpoint at the next batch boundary, exit 75
         stop_at_boundary()
@@ -359,7 +359,7 @@ def main(argv=None) -> None:
             f"sequifier {args.command}: {stop}; its checkpoint is saved, continue_training: true resumes",
             file=sys.stderr,
         )
-        sys.exit(RESUME_EXIT)
+        sys.exit(stop.exit_code)
     except Stopped:
         print(f"sequifier {args.command}: stopped by SIGTERM", file=sys.stderr)
         sys.exit(143)

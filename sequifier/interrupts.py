@@ -4,7 +4,10 @@ effect where the work can be resumed from, never in the middle of what must be d
 Training stops otherwise (`stop_at_boundary`): SIGTERM and SIGUSR1 (the signal a cluster sends
 ahead of a time limit) are noted, and every process of the run stops at the same batch boundary
 (the processes agree on it, see Trainer), saves a checkpoint and exits with RESUME_EXIT (75,
-EX_TEMPFAIL: "resume me"). Ctrl-C stops training at once, with a checkpoint, exit 130.
+EX_TEMPFAIL: "resume me"). Ctrl-C stops a single process's training at once, with a checkpoint,
+exit 130; under DDP (`interrupt_at_boundary`) it is noted like SIGTERM while the processes train,
+so that all of them stop at the same batch boundary (a rank stopped on its own would leave the
+others waiting in a collective), and exits 130 too.
 """
 
 import signal
@@ -21,18 +24,39 @@ class Stopped(KeyboardInterrupt):
 
 
 class StoppedToResume(Stopped):
-    """Training stopped at a batch boundary by SIGTERM or SIGUSR1, its checkpoint saved: exit 75."""
+    """Training stopped at a batch boundary by SIGTERM or SIGUSR1, its checkpoint saved: exit 75
+    (by Ctrl-C under DDP: exit 130)."""
 
     def __init__(self, number: int, where: str = ""):
         super().__init__(number, where)
         self.number, self.where = number, where
 
     def __str__(self) -> str:
+        if self.number == signal.SIGINT:
+            return f"interrupted{self.where}"
         return f"stopped by {signal.Signals(self.number).name}{self.where}"
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.number == signal.SIGINT else RESUME_EXIT
 
 
 def _note(number, frame) -> None:
     _noted.append(number)
+
+
+@contextmanager
+def interrupt_at_boundary(distributed: bool):
+    """Inside the block, Ctrl-C (SIGINT) of a DDP process is noted for the next batch boundary, as
+    SIGTERM is; a single process (`distributed` false) keeps stopping at once."""
+    if not distributed or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _note)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def stop_at_boundary() -> None:
@@ -56,7 +80,7 @@ def uninterrupted():
         yield
         return
     received = []
-    numbers = [signal.SIGINT] + [signal.SIGTERM] * (signal.getsignal(signal.SIGTERM) is not _note)
+    numbers = [n for n in (signal.SIGINT, signal.SIGTERM) if signal.getsignal(n) is not _note]
     previous = {number: signal.signal(number, lambda n, frame: received.append(n)) for number in numbers}
     try:
         yield

@@ -1,9 +1,11 @@
 """The local SLURM cluster of scripts/slurm-cluster, for the tests marked `slurm`: whether it is up
-(they skip with the reason when it is not), its jobs, and cancelling what a test submitted."""
+(they skip with the reason when it is not), the workflow's slurm profile fitted to it, its jobs,
+and cancelling what a test submitted."""
 
 import functools
 import subprocess
 
+import yaml
 from conftest import REPO
 
 SCRIPT = REPO / "scripts" / "slurm-cluster"
@@ -36,3 +38,22 @@ def cancel(*job_ids) -> None:
     """Cancel the given jobs (those still queued or running); a finished one is left as it is."""
     if job_ids:
         subprocess.run(["scancel", *map(str, job_ids)], capture_output=True)
+
+
+def cluster_profile(root, **train) -> list:
+    """The --profile arguments of workflow/profiles/slurm (in `root`) with only the values of the
+    local cluster changed: its partitions, memory and CPUs, squeue for the job states (no
+    accounting), status checks every 2 s (it answers at once); the train job's values updated with
+    `train` (a key `retries`: the profile's retries). In a profile folder of its own."""
+    profile = yaml.safe_load((root / "workflow/profiles/slurm/config.yaml").read_text())
+    profile |= {"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1}
+    profile |= {"seconds-between-status-checks": 2, "slurm-keep-successful-logs": True}
+    profile["retries"] = train.pop("retries", profile["retries"])
+    resources = {"slurm_partition": "cpu", "runtime": 10, "mem_mb_per_cpu": 1000, "cpus_per_gpu": 1}
+    profile["default-resources"].update(resources)
+    profile["set-threads"]["train"] = 1
+    profile["set-resources"]["train"].update({"slurm_partition": "cpu", "gpu": 0, "runtime": 10, **train})
+    folder = root / "cluster-profile"
+    folder.mkdir(exist_ok=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
+    return ["--profile", str(folder)]

@@ -116,45 +116,55 @@ def torchrun(made, name, *settings) -> list:
     return command + [item for setting in [*SETTINGS, *settings] for item in ("--set", setting)]
 
 
-def test_sigterm_stops_both_ranks_at_the_same_step_with_one_checkpoint_and_exit_75(made):
-    """SIGTERM to torchrun (as a time limit sends it) in the middle of an epoch: each rank stops at
-    the same batch boundary, one checkpoint is saved there, and the resumed run ends as an
-    uninterrupted one."""
+@pytest.fixture(scope="module")
+def whole(made) -> str:
+    """A 2-process training that nothing stops, for the stopped ones to end as."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    whole = subprocess.run(torchrun(made, "whole"), cwd=made, capture_output=True, text=True, env=env)
-    assert whole.returncode == 0, whole.stderr[-3000:]
+    result = subprocess.run(torchrun(made, "whole"), cwd=made, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return "whole"
 
-    process = subprocess.Popen(torchrun(made, "cut"), cwd=made, stderr=subprocess.PIPE, text=True, env=env)
-    first, deadline = made / "checkpoints" / "sequifier-cut-epoch-1.pt", time.monotonic() + 300
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_both_ranks_at_the_same_step_with_one_checkpoint(made, whole, number):
+    """SIGTERM to torchrun (as a time limit sends it), or Ctrl-C (SIGINT to the whole process group,
+    as a terminal sends it), in the middle of an epoch: each rank stops at the same batch boundary
+    (exit 75, or 130 for Ctrl-C), one checkpoint is saved there, and the resumed run ends as an
+    uninterrupted one."""
+    env, name = {**os.environ, "OMP_NUM_THREADS": "1"}, f"cut-{number.name}"
+    process = subprocess.Popen(
+        torchrun(made, name), cwd=made, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    first, deadline = made / "checkpoints" / f"sequifier-{name}-epoch-1.pt", time.monotonic() + 300
     while not first.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
+    if number == signal.SIGINT:
+        os.killpg(process.pid, number)
+    else:
+        process.send_signal(number)
     stderr = process.communicate(timeout=300)[1]
-    assert process.returncode != 0 and "/sequifier/" not in stderr, stderr[
-        -3000:
-    ]  # torchrun: a traceback of its own
-    stops = re.findall(
-        r"sequifier train: stopped by SIGTERM at epoch (\d+) batch (\d+); its checkpoint", stderr
-    )
-    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]  # both ranks, exit 75, the same step
+    assert process.returncode != 0 and "/sequifier/" not in stderr, stderr[-3000:]  # torchrun: its own
+    how = "interrupted" if number == signal.SIGINT else "stopped by SIGTERM"
+    stops = re.findall(rf"sequifier train: {how} at epoch (\d+) batch (\d+); its checkpoint", stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]  # both ranks, the same step
     assert stderr.count("saving a checkpoint to resume from") == 2
     epoch, batch = map(int, stops[0])
-    saved = sorted(p.name for p in (made / "checkpoints").glob("sequifier-cut-*"))
-    expected = f"sequifier-cut-epoch-{epoch - 1}{f'-batch-{batch}' if batch else ''}.pt"
-    assert saved == sorted({"sequifier-cut-epoch-1.pt", expected}), saved
-    assert not list((made / "models").glob("sequifier-cut-*"))
+    saved = sorted(p.name for p in (made / "checkpoints").glob(f"sequifier-{name}-*"))
+    expected = f"sequifier-{name}-epoch-{epoch - 1}{f'-batch-{batch}' if batch else ''}.pt"
+    assert saved == sorted({f"sequifier-{name}-epoch-1.pt", expected}), saved
+    assert not list((made / "models").glob(f"sequifier-{name}-*"))
 
-    resumed = torchrun(made, "cut", "training_spec.continue_training=true")
+    resumed = torchrun(made, name, "training_spec.continue_training=true")
     again = subprocess.run(resumed, cwd=made, capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert f"resuming from checkpoints/{expected}" in again.stderr
-    cut, whole = (
+    cut, uncut = (
         [(r["epoch"], r["kind"], r["train_loss"], r["validation_loss"]) for r in metrics(path)]
-        for path in (made / "logs" / f"sequifier-{n}-metrics.csv" for n in ("cut", "whole"))
+        for path in (made / "logs" / f"sequifier-{n}-metrics.csv" for n in (name, whole))
     )
-    assert cut == whole
+    assert cut == uncut
     weights = [
-        load_bundle(made / "models" / f"sequifier-{n}-last-3.pt")[0].state_dict() for n in ("cut", "whole")
+        load_bundle(made / "models" / f"sequifier-{n}-last-3.pt")[0].state_dict() for n in (name, whole)
     ]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])

@@ -14,38 +14,12 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import made_project, run_cli, sequences_table
+from processes import alive, descendants
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
     return made_project(tmp_path_factory.mktemp("signals"))
-
-
-def descendants(pid: int) -> list:
-    """The processes started by `pid`, and theirs (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = (open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1]).split()
-            except OSError:
-                continue
-            parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether a process still runs (a zombie holds no memory: not alive)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def terminated(process, code=143, number=signal.SIGTERM) -> str:
@@ -81,7 +55,7 @@ def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
     process.send_signal(signal.SIGSTOP)
-    workers = descendants(process.pid)
+    workers = [pid for pid, _ in descendants(process.pid)]
     stderr = terminated(process)
     assert (
         "stopped: the worker processes are ended" in stderr
@@ -115,7 +89,7 @@ def test_a_killed_preprocess_leaves_no_worker_behind(made):
     while len(descendants(process.pid)) < 4:  # the resource tracker, the fork server and 2 workers
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    workers = descendants(process.pid)
+    workers = [pid for pid, _ in descendants(process.pid)]
     process.kill()
     process.wait()
     deadline = time.monotonic() + 10

@@ -1,9 +1,9 @@
 """Train jobs that do not end by themselves are retried and resume: one whose training is killed
 (as out of memory kills it) is tried again by Snakemake's retries from its checkpoint; and on the
-local SLURM cluster (scripts/slurm-cluster), a training that needs several times its job's
-1-minute limit finishes within one `snakemake --profile` invocation (each attempt stops itself at
-a checkpoint ahead of the limit, the profile's retries resume it) and ends with the best
-validation loss of an uninterrupted run."""
+local SLURM cluster (scripts/slurm-cluster), a training that needs several jobs of a 1-minute
+limit finishes within one `snakemake --profile` invocation (each attempt stops itself at a
+checkpoint ahead of the limit, the profile's retries resume it) and ends with the best validation
+loss of an uninterrupted run."""
 
 import csv
 import json
@@ -19,11 +19,12 @@ import pytest
 import slurm_cluster
 import yaml
 from conftest import REPO
+from processes import descendants
 
 BIN = Path(sys.executable).parent
 RUN = "dim_model-16"
 METRICS = f"results/example/runs/{RUN}/metrics.csv"  # the training, not the inference after it
-EPOCHS = 300  # some 1.5 minutes of training on one CPU thread: several 1-minute jobs
+EPOCHS = 500  # some 70 s of training on one CPU thread here: about 3 jobs of a 1-minute limit
 
 
 def workflow_copy(root: Path, epochs: int = EPOCHS) -> Path:
@@ -43,43 +44,14 @@ def workflow_copy(root: Path, epochs: int = EPOCHS) -> Path:
     return root
 
 
-def cluster_profile(root: Path, runtime: int) -> list:
-    """workflow/profiles/slurm with the local cluster's values (its partition, memory, one CPU,
-    squeue for the job states: no accounting) and train jobs of `runtime` minutes."""
-    profile = yaml.safe_load((root / "workflow/profiles/slurm/config.yaml").read_text())
-    profile |= {"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 1, "retries": 8}
-    resources = {"slurm_partition": "cpu", "runtime": 10, "mem_mb": 1000}
-    profile["default-resources"] = {**profile["default-resources"], **resources}
-    profile["default-resources"].pop("mem_mb_per_cpu", None)
-    profile["set-threads"]["train"] = 1
-    profile["set-resources"]["train"] = {**resources, "gpu": 0, "runtime": runtime, "nodes": 1}
-    folder = root / "cluster-profile"
-    folder.mkdir(exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
-    return ["--profile", str(folder)]
-
-
-def snakemake(root: Path, *args) -> subprocess.CompletedProcess:
+def snakemake(root: Path, *args, wait: bool = True):
+    """Snakemake in `root`: its result, or (wait false) the process, its output in files of `root`."""
     env = {**os.environ, "PATH": os.pathsep.join([str(BIN), os.environ["PATH"]]), "WANDB_MODE": "disabled"}
-    return subprocess.run([str(BIN / "snakemake"), *args], cwd=root, env=env, capture_output=True, text=True)
-
-
-def descendants(pid: int) -> list:
-    """(pid, command line) of the processes started by `pid`, and theirs (from /proc)."""
-    parents = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            parent = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            command = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        parents.setdefault(parent, []).append((int(entry), command))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += [child for child, _ in children]
-    return found
+    command = [str(BIN / "snakemake"), *args]
+    if wait:
+        return subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
+    out, err = (open(root / name, "w") for name in ("snakemake.out", "snakemake.err"))
+    return subprocess.Popen(command, cwd=root, env=env, stdout=out, stderr=err)
 
 
 @pytest.mark.slow
@@ -122,8 +94,16 @@ def epoch_rows(root: Path) -> list:
 def test_a_training_longer_than_its_time_limit_finishes_within_one_invocation(tmp_path):
     limited = workflow_copy(tmp_path / "limited")
     whole = workflow_copy(tmp_path / "whole")
-    started, earlier = time.monotonic(), set(slurm_cluster.jobs_of(limited))  # of a folder used before
-    result = snakemake(limited, METRICS, *cluster_profile(limited, runtime=1))
+    # the uninterrupted run on the other core, meanwhile
+    local = snakemake(whole, METRICS, "--cores", "1", "--set-threads", "train=1", wait=False)
+    try:  # the preprocessing here (on the cluster it is a job per step), the training on the cluster
+        prepared = snakemake(limited, METRICS, "--cores", "1", "--omit-from", "train")
+        assert prepared.returncode == 0, prepared.stderr[-3000:]
+        started, earlier = time.monotonic(), set(slurm_cluster.jobs_of(limited))  # of a folder used before
+        result = snakemake(limited, METRICS, *slurm_cluster.cluster_profile(limited, runtime=1, retries=8))
+    except BaseException:
+        local.kill()
+        raise
     wall = time.monotonic() - started
     jobs = {job: found for job, found in slurm_cluster.jobs_of(limited).items() if job not in earlier}
     slurm_cluster.cancel(*jobs)
@@ -132,12 +112,12 @@ def test_a_training_longer_than_its_time_limit_finishes_within_one_invocation(tm
         (job for job, (comment, _) in jobs.items() if comment.startswith("rule_train_")), key=int
     )
     states = [jobs[job][1] for job in train_jobs]
-    # each attempt but the last stopped itself ahead of the limit (a job the limit stopped is TIMEOUT)
-    assert len(states) >= 3 and states == ["FAILED"] * (len(states) - 1) + ["COMPLETED"], states
+    # each attempt but the last stopped itself ahead of the limit (a job the limit stopped is TIMEOUT);
+    # how many attempts it takes depends on the speed of the machine (2 or 3 here)
+    assert len(states) >= 2 and states == ["FAILED"] * (len(states) - 1) + ["COMPLETED"], states
     assert "resuming from" in (limited / f"logs/example/train/{RUN}.log").read_text()
 
-    local = snakemake(whole, METRICS, "--cores", "2", "--set-threads", "train=1")
-    assert local.returncode == 0, local.stderr[-3000:]
+    assert local.wait(timeout=600) == 0, (whole / "snakemake.err").read_text()[-3000:]
     ours, reference = epoch_rows(limited), epoch_rows(whole)
     assert [row["epoch"] for row in ours] == [str(e) for e in range(EPOCHS + 1)]
     for row, same in zip(ours, reference):  # the whole curve, the epochs after each resume too

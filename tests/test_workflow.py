@@ -384,24 +384,6 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     assert "nothing to infer" in (root / "logs/example/infer/n_head-3-predictions.log").read_text()
 
 
-def cluster_profile(root, **train):
-    """workflow/profiles/slurm with only the values of the local cluster changed (its partitions,
-    memory and CPUs, no accounting: squeue for the job states), the train job's values updated with
-    `train`; in a profile folder of its own."""
-    profile = yaml.safe_load((root / "workflow/profiles/slurm/config.yaml").read_text())
-    profile["slurm-status-command"] = "squeue"
-    profile["slurm-init-seconds-before-status-checks"] = 1
-    profile["slurm-keep-successful-logs"] = True
-    profile["default-resources"].update(slurm_partition="cpu", runtime=10, mem_mb_per_cpu=1000)
-    profile["default-resources"]["cpus_per_gpu"] = 1
-    profile["set-threads"]["train"] = 1
-    profile["set-resources"]["train"].update({"slurm_partition": "cpu", "gpu": 0, "runtime": 10, **train})
-    folder = root / "cluster-profile"
-    folder.mkdir(exist_ok=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump(profile))
-    return ["--profile", str(folder)]
-
-
 def slurm_jobs(root):
     """{SLURM job id: rule} of the jobs the workflow in root submitted, as the cluster knows them."""
     jobs = slurm_cluster.jobs_of(root)
@@ -421,7 +403,7 @@ def test_the_example_runs_on_the_slurm_cluster_with_the_results_of_a_local_run(b
     for name in ("results", "logs", ".snakemake"):
         shutil.rmtree(root / name)
     started = time.monotonic()
-    result = snakemake(root, *cluster_profile(root))
+    result = snakemake(root, *slurm_cluster.cluster_profile(root))
     wall = time.monotonic() - started
     submitted = slurm_jobs(root)
     slurm_cluster.cancel(*submitted)
@@ -451,7 +433,7 @@ def test_the_example_runs_on_the_slurm_cluster_with_the_results_of_a_local_run(b
 @pytest.mark.slurm
 def test_a_train_job_with_two_gpus_asks_slurm_for_them_as_one_task(built, tmp_path):
     root = copy_of(built, tmp_path)
-    profile = cluster_profile(root, slurm_partition="gpu", gpu=2)
+    profile = slurm_cluster.cluster_profile(root, slurm_partition="gpu", gpu=2)
     result = snakemake(root, str(RUN / "status.json"), *profile, "--forcerun", "train")
     submitted = slurm_jobs(root)
     slurm_cluster.cancel(*submitted)

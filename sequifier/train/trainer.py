@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from sequifier.data.window_files import PAD
 from sequifier.errors import ConfigError
-from sequifier.interrupts import Stopped, StoppedToResume, uninterrupted
+from sequifier.interrupts import Stopped, StoppedToResume, interrupt_at_boundary, uninterrupted
 from sequifier.model.export import load_weights
 from sequifier.model.network import Transformer
 from sequifier.train import checkpoint, distributed, nonfinite
@@ -365,21 +365,22 @@ class Trainer:
         self.started = time.perf_counter()
         self.record_start(tracker)
         try:
-            for epoch in range(p.epoch + 1, spec["epochs"] + 1):
-                train, rate = self.train_epoch(epoch, tracker)
-                validation_loss = self.record(epoch, 0, "epoch", train, rate, tracker)
-                with uninterrupted():  # the epoch's end, all or nothing
-                    p.epoch_done(epoch, validation_loss, self.model)
-                    if self.schedule is not None:
-                        self.schedule.after_epoch()
-                stop = p.stalled(spec["early_stopping_epochs"])
-                if stop or epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"]:
-                    self.save_checkpoint()
-                if stop:
-                    log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
-                    break
-                if epoch < spec["epochs"]:
-                    self.at_boundary(epoch + 1)
+            with interrupt_at_boundary(self.process.distributed):  # Ctrl-C under DDP
+                for epoch in range(p.epoch + 1, spec["epochs"] + 1):
+                    train, rate = self.train_epoch(epoch, tracker)
+                    validation_loss = self.record(epoch, 0, "epoch", train, rate, tracker)
+                    with uninterrupted():  # the epoch's end, all or nothing
+                        p.epoch_done(epoch, validation_loss, self.model)
+                        if self.schedule is not None:
+                            self.schedule.after_epoch()
+                    stop = p.stalled(spec["early_stopping_epochs"])
+                    if stop or epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"]:
+                        self.save_checkpoint()
+                    if stop:
+                        log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
+                        break
+                    if epoch < spec["epochs"]:
+                        self.at_boundary(epoch + 1)
         except KeyboardInterrupt as stop:
             how = (str(stop) or "stopped by SIGTERM") if isinstance(stop, Stopped) else "interrupted"
             log.warning("%s: saving a checkpoint to resume from (continue_training: true)", how)
