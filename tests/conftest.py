@@ -10,6 +10,13 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """The files with slow tests first (those on the SLURM cluster mostly wait for it): with
+    `-n 2` (pytest-xdist, a file per worker at a time) the other worker runs the rest meanwhile."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the order within a file is kept
+
+
 def pytest_runtest_setup(item):
     """Tests marked `slurm` run on the local cluster of scripts/slurm-cluster, or skip saying why."""
     if item.get_closest_marker("slurm"):

@@ -4,7 +4,6 @@ one model trained across the two nodes of the local cluster that matches a two-p
 import csv
 import os
 import re
-import shutil
 import subprocess
 import sys
 
@@ -113,16 +112,6 @@ SETTINGS = ["training_spec.epochs=2", "export_onnx=false", "wandb.mode=disabled"
 SETTINGS += ["training_spec.batch_size=32", "training_spec.accumulation_steps=3"]
 
 
-def cluster_up() -> bool:
-    """Whether the cpu partition has two nodes that take jobs (idle, or busy with others')."""
-    if shutil.which("sinfo") is None:
-        return False
-    result = subprocess.run(["sinfo", "-h", "-p", "cpu", "-o", "%D %t"], capture_output=True, text=True)
-    states = (line.split() for line in result.stdout.splitlines())
-    up = sum(int(n) for n, state in states if state.rstrip("*~#") in ("idle", "mix", "alloc", "comp"))
-    return result.returncode == 0 and up >= 2
-
-
 def train_args(name: str) -> list:
     return ["--model-name", name, *(item for setting in SETTINGS for item in ("--set", setting))]
 
@@ -138,7 +127,6 @@ def weights_checksum(root, name) -> str:
 
 
 @pytest.mark.slurm
-@pytest.mark.skipif(not cluster_up(), reason="the local SLURM cluster is not up (scripts/slurm-cluster)")
 def test_one_model_trained_across_two_nodes_matches_two_processes_on_one(tmp_path):
     made = made_project(tmp_path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
