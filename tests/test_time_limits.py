@@ -100,7 +100,7 @@ def test_a_training_longer_than_its_time_limit_finishes_within_one_invocation(tm
         prepared = snakemake(limited, METRICS, "--cores", "1", "--omit-from", "train")
         assert prepared.returncode == 0, prepared.stderr[-3000:]
         started, earlier = time.monotonic(), set(slurm_cluster.jobs_of(limited))  # of a folder used before
-        result = snakemake(limited, METRICS, *slurm_cluster.cluster_profile(limited, runtime=1, retries=8))
+        result = snakemake(limited, METRICS, *slurm_cluster.cluster_profile(limited, runtime=1, retries=10))
     except BaseException:
         local.kill()
         raise
