@@ -94,6 +94,20 @@ class Project:
         path.write_text(yaml.safe_dump(self.config(**values)))
         return path
 
+    def write_train_config(self, **training) -> Path:
+        """configs/train.yaml: a small model on the preprocessed table, `training` in training_spec."""
+        path = self.root / "configs" / "train.yaml"
+        config = {
+            "project_root": str(self.root),
+            "metadata_config_path": "configs/metadata_configs/table.json",
+            "export_onnx": False,
+            "wandb": {"mode": "disabled"},
+            "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
+            "training_spec": training,
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
     def metadata(self, name="table") -> dict:
         return json.loads((self.root / "configs" / "metadata_configs" / f"{name}.json").read_text())
 

@@ -81,15 +81,7 @@ def test_a_process_without_validation_windows_takes_part_in_every_sum(project):
     project.write_data(table)
     project.preprocess(seq_length=4, split_ratios=[0.95, 0.05])
     assert project.metadata()["n_windows"]["validation"] == 1
-    train_config = {
-        "project_root": str(project.root),
-        "metadata_config_path": "configs/metadata_configs/table.json",
-        "export_onnx": False,
-        "wandb": {"mode": "disabled"},
-        "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
-        "training_spec": {"epochs": 1, "class_share_log_columns": ["item"]},
-    }
-    (project.root / "configs" / "train.yaml").write_text(yaml.safe_dump(train_config))
+    project.write_train_config(epochs=1, class_share_log_columns=["item"])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "sequifier", "train", "--model-name", "lone"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from conftest import REPO, sequences_table
 from test_data import as_rows, plan_of
 
@@ -106,15 +105,7 @@ def test_streamed_training_on_two_ranks_resumes_to_the_uninterrupted_run(project
     from its checkpoint, end with the same validation loss."""
     project.write_data(sequences_table(n_sequences=60))
     project.preprocess(write_format="parquet", merge_output=False, batches_per_file=5, seq_length=6)
-    train_config = {
-        "project_root": str(project.root),
-        "metadata_config_path": "configs/metadata_configs/table.json",
-        "export_onnx": False,
-        "wandb": {"mode": "disabled"},
-        "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
-        "training_spec": {"epochs": 2, "batch_size": 8, "load_full_data_to_ram": False},
-    }
-    (project.root / "configs" / "train.yaml").write_text(yaml.safe_dump(train_config))
+    project.write_train_config(epochs=2, batch_size=8, load_full_data_to_ram=False)
 
     def train(name, *settings):
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]

@@ -104,6 +104,16 @@ def test_a_killed_preprocess_leaves_no_worker_behind(made):
 LOSSES = ("train_loss", "validation_loss")
 
 
+def trained_whole(made) -> list:
+    """The settings of the trainings here (3 epochs); the model "whole" trained with them, once."""
+    values = ["training_spec.epochs=3", "wandb.mode=disabled", "export_onnx=false"]
+    settings = [item for value in values for item in ("--set", value)]
+    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
+        whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
+        assert whole.returncode == 0, whole.stderr
+    return settings
+
+
 def losses(made, name) -> list:
     with open(made / "logs" / f"sequifier-{name}-metrics.csv", newline="") as handle:
         return [(row["epoch"], row["kind"], *(row[k] for k in LOSSES)) for row in csv.DictReader(handle)]
@@ -113,17 +123,7 @@ def losses(made, name) -> list:
 def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made, number):
     """SIGTERM (a time limit) and SIGUSR1 (sent ahead of one): a checkpoint at the next batch
     boundary, exit 75 ("resume me")."""
-    settings = [
-        "--set",
-        "training_spec.epochs=3",
-        "--set",
-        "wandb.mode=disabled",
-        "--set",
-        "export_onnx=false",
-    ]
-    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
-        whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
-        assert whole.returncode == 0, whole.stderr
+    settings = trained_whole(made)
     name = f"cut-{number.name}"
 
     command = [sys.executable, "-m", "sequifier", "train", "--model-name", name, *settings]
@@ -157,16 +157,7 @@ def test_save_interval_minutes_bounds_what_a_hard_kill_loses(made):
     """Checkpoints within epochs by the clock, the newest keep_checkpoints kept: SIGKILL (which
     nothing can handle) in the middle of an epoch, and the run resumes from within it to the
     uninterrupted result."""
-    settings = [
-        "--set",
-        "training_spec.epochs=3",
-        "--set",
-        "wandb.mode=disabled",
-        "--set",
-        "export_onnx=false",
-    ]
-    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
-        assert run_cli("train", "--model-name", "whole", *settings, cwd=made).returncode == 0
+    settings = trained_whole(made)
     clock = [
         "--set",
         "training_spec.save_interval_minutes=0.0001",
