@@ -120,6 +120,17 @@ def build_parser() -> argparse.ArgumentParser:
     step.add_argument("--split", type=int, help="split index (merge)")
     _add_preprocess_flags(step)
 
+    launch = commands.add_parser(
+        "train-launch", help="train on every node of the SLURM job it runs in (one torchrun per node)"
+    )
+    launch.add_argument(
+        "--processes", type=int, default=1, help="processes per node: its GPUs, or 1 on the CPU"
+    )
+    launch.add_argument("--nodes", type=int, help="the nodes the job must have (default: those it has)")
+    launch.add_argument(
+        "train_args", nargs="*", metavar="ARGS", help="after --: the flags of `sequifier train`"
+    )
+
     lifecycle = commands.add_parser("train-run")  # a training run from launch to outcome, for the workflow
     _add_train_run_flags(lifecycle)
     return parser
@@ -227,6 +238,23 @@ def _run_train_run(args) -> None:
     sys.exit(run.run_to_end())
 
 
+def _run_train_launch(args) -> None:
+    """Replace this process by the training's launch line for the job it runs in."""
+    import os
+
+    from sequifier.errors import EnvironmentFailure
+    from sequifier.train.launch import job_command
+
+    command, environ = job_command(
+        args.train_args, args.processes, os.environ, args.nodes, python=sys.executable
+    )
+    print(f"sequifier train-launch: {' '.join(command)}", file=sys.stderr, flush=True)
+    try:
+        os.execvpe(command[0], command, environ)
+    except OSError as error:
+        raise EnvironmentFailure(f"cannot start {command[0]}: {error.strerror}") from None
+
+
 def _dispatch(args) -> None:
     if args.command == "make":
         from sequifier.make import make
@@ -235,6 +263,9 @@ def _dispatch(args) -> None:
         return
     if args.command == "train-run":
         _run_train_run(args)
+        return
+    if args.command == "train-launch":
+        _run_train_launch(args)
         return
     from sequifier import config
 
@@ -274,21 +305,44 @@ def _dispatch(args) -> None:
         _run_preprocess_step(args, loaded)
 
 
+def _leave_verdict(message: str) -> None:
+    """Bad input (exit 2) in a training run's verdict file, where its lifecycle reads it (under
+    torchrun, which returns 1 for a child's 2): see sequifier.train.lifecycle."""
+    import os
+    from pathlib import Path
+
+    from sequifier.errors import VERDICT_ENV, EnvironmentFailure
+    from sequifier.files import atomic_path
+
+    path = os.environ.get(VERDICT_ENV)
+    if path:
+        try:
+            with atomic_path(Path(path)) as tmp:
+                tmp.write_text(message + "\n")
+        except (OSError, EnvironmentFailure):
+            pass  # then the run is incomplete rather than failed: it is tried again
+
+
 def main(argv=None) -> None:
     """Run a command; exit 2 for bad input, 74 when the machine or another process says no, 130 on
-    Ctrl-C and 143 on SIGTERM (see sequifier.errors and sequifier.interrupts)."""
+    Ctrl-C, 143 on SIGTERM, and 75 when training stopped for SIGTERM or SIGUSR1 at a batch boundary
+    with its checkpoint saved (see sequifier.errors and sequifier.interrupts)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("sequifier").setLevel(logging.INFO)  # our progress; other libraries' warnings only
     from sequifier.errors import SequifierError, os_failure
-    from sequifier.interrupts import Stopped, stop_on_sigterm
+    from sequifier.interrupts import Stopped, StoppedToResume, stop_at_boundary, stop_on_sigterm
 
-    if args.command != "train-run":  # which passes SIGTERM on to its training
+    if args.command == "train":  # SIGTERM, SIGUSR1: a checkpoint at the next batch boundary, exit 75
+        stop_at_boundary()
+    elif args.command != "train-run":  # which passes SIGTERM and SIGUSR1 on to its training
         stop_on_sigterm()
     try:
         _dispatch(args)
     except SequifierError as error:
         print(f"sequifier {args.command}: error: {error}", file=sys.stderr)
+        if error.exit_code == 2:
+            _leave_verdict(f"sequifier {args.command}: error: {error}")
         sys.exit(error.exit_code)
     except OSError as error:
         print(f"sequifier {args.command}: error: {os_failure(error)}", file=sys.stderr)
@@ -300,6 +354,12 @@ def main(argv=None) -> None:
             file=sys.stderr,
         )
         sys.exit(74)
+    except StoppedToResume as stop:
+        print(
+            f"sequifier {args.command}: {stop}; its checkpoint is saved, continue_training: true resumes",
+            file=sys.stderr,
+        )
+        sys.exit(stop.exit_code)
     except Stopped:
         print(f"sequifier {args.command}: stopped by SIGTERM", file=sys.stderr)
         sys.exit(143)

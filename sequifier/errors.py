@@ -2,12 +2,17 @@
 
 Exit codes of the CLI: 2 for bad input (SequifierError: ConfigError, DataError), 74 when the
 machine or another process says no (EnvironmentFailure: a file system refusal, out of memory, a
-lock held), 130 for Ctrl-C and 143 for SIGTERM (interrupts.Stopped).
+lock held), 130 for Ctrl-C and 143 for SIGTERM (interrupts.Stopped); training stopped by SIGTERM
+or SIGUSR1 saves a checkpoint at the next batch boundary and exits 75 (EX_TEMPFAIL, "resume me":
+interrupts.StoppedToResume).
 """
 
 import errno as codes
 import os
 import re
+
+# The file where the CLI leaves a bad-input error (exit 2) for a training run's lifecycle.
+VERDICT_ENV = "SEQUIFIER_VERDICT"
 
 
 class SequifierError(Exception):

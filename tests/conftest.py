@@ -10,6 +10,23 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_collection_modifyitems(items):
+    """The files with slow tests first (those on the SLURM cluster mostly wait for it): with
+    `-n 2` (pytest-xdist, a file per worker at a time) the other worker runs the rest meanwhile."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)  # stable: the order within a file is kept
+
+
+def pytest_runtest_setup(item):
+    """Tests marked `slurm` run on the local cluster of scripts/slurm-cluster, or skip saying why."""
+    if item.get_closest_marker("slurm"):
+        from slurm_cluster import down_reason
+
+        reason = down_reason()
+        if reason:
+            pytest.skip(reason)
+
+
 def sequences_table(n_sequences=30, min_length=3, max_length=40, seed=0, n_categories=6):
     """A long table with one string, one integer categorical and one real column."""
     rng = np.random.default_rng(seed)
@@ -75,6 +92,20 @@ class Project:
     def write_config(self, name="preprocess.yaml", **values) -> Path:
         path = self.root / "configs" / name
         path.write_text(yaml.safe_dump(self.config(**values)))
+        return path
+
+    def write_train_config(self, **training) -> Path:
+        """configs/train.yaml: a small model on the preprocessed table, `training` in training_spec."""
+        path = self.root / "configs" / "train.yaml"
+        config = {
+            "project_root": str(self.root),
+            "metadata_config_path": "configs/metadata_configs/table.json",
+            "export_onnx": False,
+            "wandb": {"mode": "disabled"},
+            "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
+            "training_spec": training,
+        }
+        path.write_text(yaml.safe_dump(config))
         return path
 
     def metadata(self, name="table") -> dict:

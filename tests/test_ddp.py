@@ -2,11 +2,15 @@
 
 import csv
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pandas as pd
 import pytest
+import torch
 import yaml
 from conftest import items_of_splits, made_project
 from losses_by_hand import losses_by_hand, read_windows
@@ -77,15 +81,7 @@ def test_a_process_without_validation_windows_takes_part_in_every_sum(project):
     project.write_data(table)
     project.preprocess(seq_length=4, split_ratios=[0.95, 0.05])
     assert project.metadata()["n_windows"]["validation"] == 1
-    train_config = {
-        "project_root": str(project.root),
-        "metadata_config_path": "configs/metadata_configs/table.json",
-        "export_onnx": False,
-        "wandb": {"mode": "disabled"},
-        "model_spec": {"dim_model": 8, "n_head": 2, "dim_feedforward": 8},
-        "training_spec": {"epochs": 1, "class_share_log_columns": ["item"]},
-    }
-    (project.root / "configs" / "train.yaml").write_text(yaml.safe_dump(train_config))
+    project.write_train_config(epochs=1, class_share_log_columns=["item"])
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     command += ["-m", "sequifier", "train", "--model-name", "lone"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -104,3 +100,63 @@ def test_a_process_without_validation_windows_takes_part_in_every_sum(project):
             assert float(rows[key][figure]) == pytest.approx(
                 float(single[key][figure]), rel=1e-6, nan_ok=True
             )
+
+
+def torchrun(made, name, *settings) -> list:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    command += ["-m", "sequifier", "train", "--model-name", name, "--set", "training_spec.batch_size=16"]
+    return command + [item for setting in [*SETTINGS, *settings] for item in ("--set", setting)]
+
+
+@pytest.fixture(scope="module")
+def whole(made) -> str:
+    """A 2-process training that nothing stops, for the stopped ones to end as."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(torchrun(made, "whole"), cwd=made, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return "whole"
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_stops_both_ranks_at_the_same_step_with_one_checkpoint(made, whole, number):
+    """SIGTERM to torchrun (as a time limit sends it), or Ctrl-C (SIGINT to the whole process group,
+    as a terminal sends it), in the middle of an epoch: each rank stops at the same batch boundary
+    (exit 75, or 130 for Ctrl-C), one checkpoint is saved there, and the resumed run ends as an
+    uninterrupted one."""
+    env, name = {**os.environ, "OMP_NUM_THREADS": "1"}, f"cut-{number.name}"
+    process = subprocess.Popen(
+        torchrun(made, name), cwd=made, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    first, deadline = made / "checkpoints" / f"sequifier-{name}-epoch-1.pt", time.monotonic() + 300
+    while not first.exists():
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.01)
+    if number == signal.SIGINT:
+        os.killpg(process.pid, number)
+    else:
+        process.send_signal(number)
+    stderr = process.communicate(timeout=300)[1]
+    assert process.returncode != 0 and "/sequifier/" not in stderr, stderr[-3000:]  # torchrun: its own
+    how = "interrupted" if number == signal.SIGINT else "stopped by SIGTERM"
+    stops = re.findall(rf"sequifier train: {how} at epoch (\d+) batch (\d+); its checkpoint", stderr)
+    assert len(stops) == 2 and stops[0] == stops[1], stderr[-3000:]  # both ranks, the same step
+    assert stderr.count("saving a checkpoint to resume from") == 2
+    epoch, batch = map(int, stops[0])
+    saved = sorted(p.name for p in (made / "checkpoints").glob(f"sequifier-{name}-*"))
+    expected = f"sequifier-{name}-epoch-{epoch - 1}{f'-batch-{batch}' if batch else ''}.pt"
+    assert saved == sorted({f"sequifier-{name}-epoch-1.pt", expected}), saved
+    assert not list((made / "models").glob(f"sequifier-{name}-*"))
+
+    resumed = torchrun(made, name, "training_spec.continue_training=true")
+    again = subprocess.run(resumed, cwd=made, capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resuming from checkpoints/{expected}" in again.stderr
+    cut, uncut = (
+        [(r["epoch"], r["kind"], r["train_loss"], r["validation_loss"]) for r in metrics(path)]
+        for path in (made / "logs" / f"sequifier-{n}-metrics.csv" for n in (name, whole))
+    )
+    assert cut == uncut
+    weights = [
+        load_bundle(made / "models" / f"sequifier-{n}-last-3.pt")[0].state_dict() for n in (name, whole)
+    ]
+    assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])

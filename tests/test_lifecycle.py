@@ -13,7 +13,7 @@ import pytest
 import yaml
 from conftest import made_project
 
-from sequifier.train.lifecycle import STAMP, Run, launch_command
+from sequifier.train.lifecycle import STAMP, Run, launch_command, slurm_seconds_left
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +64,8 @@ def epochs(metrics) -> list:
         return [row["epoch"] for row in csv.DictReader(handle) if row["kind"] == "epoch"]
 
 
-def test_one_process_or_torchrun_with_a_process_per_gpu_sharing_the_threads():
+def test_one_process_or_torchrun_with_a_process_per_gpu_sharing_the_threads(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_GPU", raising=False)
     assert launch_command("run.yaml") == ["python", "-m", "sequifier", "train", "--config-path", "run.yaml"]
     on_cpu = launch_command("run.yaml", gpus=0, resume=True)
     assert on_cpu[-4:] == [
@@ -78,6 +79,16 @@ def test_one_process_or_torchrun_with_a_process_per_gpu_sharing_the_threads():
     assert "training_spec.device=cuda" in on_two
     run = Run("a", on_two, status="status.json", log="train.log", gpus=2, threads=8)
     assert run.environment()["OMP_NUM_THREADS"] == "4"
+
+
+def test_in_a_slurm_gpu_job_each_process_gets_the_cpus_granted_per_gpu(monkeypatch):
+    monkeypatch.setenv("SLURM_CPUS_PER_GPU", "16")  # sbatch --gpus=2 --cpus-per-gpu=16
+    on_two = Run("a", launch_command("run.yaml", gpus=2), status="s.json", log="t.log", gpus=2, threads=8)
+    assert on_two.environment()["OMP_NUM_THREADS"] == "16"
+    on_cpu = Run("a", launch_command("run.yaml", gpus=0), status="s.json", log="t.log", gpus=0, threads=8)
+    assert on_cpu.environment()["OMP_NUM_THREADS"] == "8"  # a CPU job: its threads (--cpus-per-task)
+    monkeypatch.setenv("SLURM_CPUS_PER_GPU", "")
+    assert on_two.environment()["OMP_NUM_THREADS"] == "4"
 
 
 def test_a_done_run_writes_its_status_and_its_metrics_copy(made):
@@ -123,16 +134,22 @@ def test_checkpoints_stay_under_the_same_stamp_and_are_dropped_under_another(mad
     assert not stale.exists(), "another number of GPUs starts anew"
 
     assert run.finish(130, 1.0) is None, "killed: no outcome"
+    assert run.finish(1, 1.0) is None, "a crash (out of memory, a timeout): no outcome, resumed"
+    assert run.finish(75, 1.0) is None, "stopped at a checkpoint by a time limit: resumed"
     assert not run.status.exists() and (run.checkpoints / STAMP).is_file()
     assert run.finish(-signal.SIGKILL, 1.0) is None
     assert run.finish(1, 1.0, stopped=True) is None, "stopped by a signal (torchrun then exits 1): no outcome"
     assert not run.status.exists() and (run.checkpoints / STAMP).is_file()
 
 
-def test_an_interrupted_train_run_exits_non_zero_and_resumes_from_its_checkpoint(made):
-    """`sequifier train-run`, the workflow's train job: Ctrl-C after the first epoch, then again."""
-    config = run_config(made, "resumed", epochs=2)
-    run = lifecycle(made, "resumed", config)
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGUSR1])
+def test_an_interrupted_train_run_exits_non_zero_and_resumes_from_its_checkpoint(made, number):
+    """`sequifier train-run`, the workflow's train job: Ctrl-C (to the process group, as a terminal
+    sends it) or SIGUSR1 (to the job alone, as sent ahead of a time limit) after the first epoch,
+    then again."""
+    name = f"resumed-{number.name}"
+    config = run_config(made, name, epochs=2)
+    run = lifecycle(made, name, config)
     step = [
         sys.executable, "-m", "sequifier", "train-run", "--run", "resumed", "--status", run.status,
         "--log", run.log, "--inputs", *run.inputs, "--checkpoints", run.checkpoints,
@@ -141,11 +158,16 @@ def test_an_interrupted_train_run_exits_non_zero_and_resumes_from_its_checkpoint
     ]  # fmt: skip
     started = subprocess.Popen(list(map(str, step)), start_new_session=True, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while not (run.checkpoints / "sequifier-resumed-epoch-1.pt").exists():
+    while not (run.checkpoints / f"sequifier-{name}-epoch-1.pt").exists():
         assert started.poll() is None and time.monotonic() < deadline, started.communicate()
         time.sleep(0.05)
-    os.killpg(started.pid, signal.SIGINT)
-    assert started.wait(timeout=120) == 130
+    if number == signal.SIGINT:
+        os.killpg(started.pid, signal.SIGINT)
+    else:
+        started.send_signal(number)
+    assert started.wait(timeout=120) == 128 + number
+    if number == signal.SIGUSR1:  # passed on as SIGTERM: a checkpoint at the next batch boundary
+        assert "sequifier train: stopped by SIGTERM at epoch" in run.log.read_text()
     assert not run.status.exists() and not run.metrics_copy.exists()
     assert (run.checkpoints / STAMP).is_file()
 
@@ -154,3 +176,36 @@ def test_an_interrupted_train_run_exits_non_zero_and_resumes_from_its_checkpoint
     assert "resuming from" in run.log.read_text()
     assert status_of(run)["status"] == "done"
     assert epochs(run.metrics_copy) == ["0", "1", "2"]
+
+
+def test_only_bad_input_fails_a_run_also_under_torchrun_and_a_crash_is_tried_again(made):
+    """torchrun returns 1 for its processes' exit 2: the verdict they leave makes the run failed,
+    with the error in its status. A crash (exit 1, no verdict) is incomplete: the job fails, its
+    checkpoints and their stamp stay for the next attempt."""
+    config = run_config(made, "bad-ddp", n_head=3)
+    run = lifecycle(made, "bad-ddp", config)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    run.command = [*launch, "-m", "sequifier", "train", "--config-path", config]
+    assert run.run_to_end() == 0
+    status = status_of(run)
+    assert (status["status"], status["exit_code"]) == ("failed", 1), status
+    assert "model_spec.n_head: 3 does not divide model_spec.dim_model (32)" in status["error"]
+    assert not run.verdict.exists() and list(run.models.iterdir()) == []
+
+    crash = lifecycle(made, "crash", run_config(made, "crash"))
+    crash.command = [sys.executable, "-c", "raise RuntimeError('CUDA out of memory')"]
+    crash.checkpoints.mkdir(parents=True, exist_ok=True)
+    crash.begin()
+    saved = crash.checkpoints / "sequifier-crash-epoch-1.pt"
+    saved.write_bytes(b"a checkpoint")
+    assert crash.run_to_end() == 1, "the job fails: Snakemake tries it again"
+    assert not crash.status.exists() and not crash.metrics_copy.exists()
+    assert saved.is_file() and (crash.checkpoints / STAMP).is_file()
+    crash.begin()  # the next attempt, with the same inputs
+    assert saved.is_file(), "the checkpoints survive a retry"
+
+
+def test_the_time_left_of_a_slurm_job():
+    assert slurm_seconds_left("1-02:03:04\n") == 93784
+    assert slurm_seconds_left("2:03:04") == 7384 and slurm_seconds_left("0:45") == 45
+    assert slurm_seconds_left("UNLIMITED") is None and slurm_seconds_left("") is None

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, made_project, run_cli
 
 
@@ -28,7 +29,8 @@ def test_config_reference_matches_the_schemas():
 
 def test_ci_runs_the_readme_test_command():
     readme, ci = (REPO / "README.md").read_text(), (REPO / ".ci" / "run").read_text()
-    assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+    command = "python -m pytest -q -n 2"
+    assert f"&& {command}\n" in readme and f"\n{command}\n" in ci
     assert (
         'pip install "torch==2.13.0" -e ".[dev]"' in readme
         and 'pip install "torch==2.13.0" -e ".[dev]"' in ci
@@ -48,6 +50,7 @@ WORKFLOW_COMMANDS = {  # run by tests/test_workflow.py on a copy of the reposito
 }
 
 
+@pytest.mark.slow
 def test_the_walkthrough_runs_as_written(tmp_path):
     """Every sequifier command of the README, in order, in a new folder (W&B disabled for speed)."""
     commands = console_commands()

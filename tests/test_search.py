@@ -129,6 +129,7 @@ def test_runs_are_grouped_named_and_tagged_in_wandb(searched):
     names = sorted(run["name"] for run in runs)
     assert names == ["dim_model-24_n_head-3", "dim_model-24_n_head-4", "dim_model-32_n_head-4"]
     assert {run["group"] for run in runs} == {"example"}
+    assert {run["job_type"] for run in runs} == {"train"}  # told apart from other jobs of the group
     tagged = {run["name"]: sorted(run["tags"]) for run in runs}
     assert tagged["dim_model-24_n_head-3"] == ["dim_model=24", "n_head=3"]
 
@@ -160,11 +161,14 @@ def test_a_run_without_a_finite_loss_is_ranked_after_the_finished_ones(tmp_path)
         leaderboard.run_result("nan", tmp_path / "nan.csv", tmp_path),
         leaderboard.run_result("good", tmp_path / "good.csv", tmp_path),
         leaderboard.run_result("gone", tmp_path / "missing.csv", tmp_path),
+        leaderboard.outcome_row("killed", None, tmp_path / "killed.csv", tmp_path),  # no outcome: crashed
     ]
-    rows = leaderboard.ranked(results, [{"run": name, "lr": "0.1"} for name in ("nan", "good", "gone")])
+    names = ("nan", "good", "gone", "killed")
+    rows = leaderboard.ranked(results, [{"run": name, "lr": "0.1"} for name in names])
     assert [(r["run"], r["status"], r["rank"]) for r in rows] == [
         ("good", "done", 1),
         ("nan", "diverged", ""),
         ("gone", "failed", ""),
+        ("killed", "incomplete", ""),
     ]
     assert rows[0]["best_validation_loss"] == 1.2 and rows[0]["best_epoch"] == 2

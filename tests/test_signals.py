@@ -4,6 +4,7 @@ run gives."""
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import made_project, run_cli, sequences_table
+from processes import alive, descendants
 
 
 @pytest.fixture(scope="module")
@@ -20,39 +22,12 @@ def made(tmp_path_factory):
     return made_project(tmp_path_factory.mktemp("signals"))
 
 
-def descendants(pid: int) -> list:
-    """The processes started by `pid`, and theirs (from /proc)."""
-    parents = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = (open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1]).split()
-            except OSError:
-                continue
-            parents.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        children = parents.get(todo.pop(), [])
-        found += children
-        todo += children
-    return found
-
-
-def alive(pid: int) -> bool:
-    """Whether a process still runs (a zombie holds no memory: not alive)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def terminated(process) -> str:
+def terminated(process, code=143, number=signal.SIGTERM) -> str:
     """SIGTERM to a paused process, then let it handle it; returns its stderr."""
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(number)
     process.send_signal(signal.SIGCONT)
     stderr = process.communicate(timeout=300)[1]
-    assert process.returncode == 143, stderr
+    assert process.returncode == code, stderr
     assert "Traceback" not in stderr, stderr
     return stderr
 
@@ -80,7 +55,7 @@ def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
     process.send_signal(signal.SIGSTOP)
-    workers = descendants(process.pid)
+    workers = [pid for pid, _ in descendants(process.pid)]
     stderr = terminated(process)
     assert (
         "stopped: the worker processes are ended" in stderr
@@ -114,7 +89,7 @@ def test_a_killed_preprocess_leaves_no_worker_behind(made):
     while len(descendants(process.pid)) < 4:  # the resource tracker, the fork server and 2 workers
         assert process.poll() is None and time.monotonic() < deadline
         time.sleep(0.01)
-    workers = descendants(process.pid)
+    workers = [pid for pid, _ in descendants(process.pid)]
     process.kill()
     process.wait()
     deadline = time.monotonic() + 10
@@ -129,39 +104,92 @@ def test_a_killed_preprocess_leaves_no_worker_behind(made):
 LOSSES = ("train_loss", "validation_loss")
 
 
+def trained_whole(made) -> list:
+    """The settings of the trainings here (3 epochs); the model "whole" trained with them, once."""
+    values = ["training_spec.epochs=3", "wandb.mode=disabled", "export_onnx=false"]
+    settings = [item for value in values for item in ("--set", value)]
+    if not (made / "logs" / "sequifier-whole-metrics.csv").exists():
+        whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
+        assert whole.returncode == 0, whole.stderr
+    return settings
+
+
 def losses(made, name) -> list:
     with open(made / "logs" / f"sequifier-{name}-metrics.csv", newline="") as handle:
         return [(row["epoch"], row["kind"], *(row[k] for k in LOSSES)) for row in csv.DictReader(handle)]
 
 
-def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made):
-    settings = [
-        "--set",
-        "training_spec.epochs=3",
-        "--set",
-        "wandb.mode=disabled",
-        "--set",
-        "export_onnx=false",
-    ]
-    whole = run_cli("train", "--model-name", "whole", *settings, cwd=made)
-    assert whole.returncode == 0, whole.stderr
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGUSR1])
+def test_sigterm_saves_a_checkpoint_and_training_resumes_to_the_uninterrupted_result(made, number):
+    """SIGTERM (a time limit) and SIGUSR1 (sent ahead of one): a checkpoint at the next batch
+    boundary, exit 75 ("resume me")."""
+    settings = trained_whole(made)
+    name = f"cut-{number.name}"
 
-    command = [sys.executable, "-m", "sequifier", "train", "--model-name", "cut", *settings]
+    command = [sys.executable, "-m", "sequifier", "train", "--model-name", name, *settings]
     process = subprocess.Popen(command, cwd=made, stderr=subprocess.PIPE, text=True)
-    first, deadline = made / "checkpoints" / "sequifier-cut-epoch-1.pt", time.monotonic() + 120
+    first, deadline = made / "checkpoints" / f"sequifier-{name}-epoch-1.pt", time.monotonic() + 120
     while not first.exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.01)
     process.send_signal(signal.SIGSTOP)
-    stderr = terminated(process)
-    assert "stopped by SIGTERM: saving a checkpoint to resume from (continue_training: true)" in stderr
-    assert stderr.strip().endswith("sequifier train: stopped by SIGTERM")
-    assert not list((made / "models").glob("sequifier-cut-*"))
-    assert not (made / "checkpoints" / ".sequifier-cut.lock").exists()
+    stderr = terminated(process, 75, number)
+    where = re.search(
+        f"stopped by {number.name} at epoch (\\d) batch (\\d+): saving a checkpoint to resume", stderr
+    )
+    assert where, stderr
+    assert stderr.strip().endswith(
+        f"sequifier train: stopped by {number.name} at epoch {where[1]} batch {where[2]}; its checkpoint is "
+        "saved, continue_training: true resumes"
+    )
+    assert not list((made / "models").glob(f"sequifier-{name}-*"))
+    assert not (made / "checkpoints" / f".sequifier-{name}.lock").exists()
 
     resumed = run_cli(
-        "train", "--model-name", "cut", *settings, "--set", "training_spec.continue_training=true", cwd=made
+        "train", "--model-name", name, *settings, "--set", "training_spec.continue_training=true", cwd=made
     )
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming from" in resumed.stderr
-    assert losses(made, "cut") == losses(made, "whole")
+    assert losses(made, name) == losses(made, "whole")
+
+
+def test_save_interval_minutes_bounds_what_a_hard_kill_loses(made):
+    """Checkpoints within epochs by the clock, the newest keep_checkpoints kept: SIGKILL (which
+    nothing can handle) in the middle of an epoch, and the run resumes from within it to the
+    uninterrupted result."""
+    settings = trained_whole(made)
+    clock = [
+        "--set",
+        "training_spec.save_interval_minutes=0.0001",
+        "--set",
+        "training_spec.keep_checkpoints=2",
+    ]
+    command = [sys.executable, "-m", "sequifier", "train", "--model-name", "hard", *settings, *clock]
+    process = subprocess.Popen(command, cwd=made, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((made / "checkpoints").glob("sequifier-hard-epoch-1-batch-*.pt")):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.kill()
+    process.wait()
+    saved = sorted((made / "checkpoints").glob("sequifier-hard-*.pt"))
+    assert 1 <= len(saved) <= 2, saved
+    resumed = run_cli(
+        "train",
+        "--model-name",
+        "hard",
+        *settings,
+        *clock,
+        "--set",
+        "training_spec.continue_training=true",
+        cwd=made,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming from checkpoints/sequifier-hard-epoch-1-batch-\d+\.pt", resumed.stderr), (
+        resumed.stderr
+    )
+    assert losses(made, "hard") == losses(made, "whole")
+    # the clock's checkpoints within epoch 3 pruned epoch 2's (keep 2), then went with the epoch's end
+    assert [p.name for p in (made / "checkpoints").glob("sequifier-hard-*.pt")] == [
+        "sequifier-hard-epoch-3.pt"
+    ]

@@ -1,15 +1,18 @@
 """W&B tracking: real wandb in offline mode, read back from the run's .wandb log (no network, no mocks)."""
 
 import logging
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 from conftest import REPO
 from wandb_runs import find_runs, read_run
 
-from sequifier.train.tracking import Tracker, resolve_mode
+from sequifier.train.tracking import Tracker, offline_reason, resolve_mode
 
 CONFIG = {"model": {"dim": 16, "heads": 2}, "lr": 0.001, "columns": ["item", "price"], "long": "x" * 40000}
 
@@ -144,3 +147,71 @@ def test_find_runs_sorted(tmp_path):
         (tmp_path / name).mkdir(parents=True)
     assert find_runs(tmp_path) == [tmp_path / "a/wandb/offline-run-1", tmp_path / "b/wandb/offline-run-2"]
     assert Path(tmp_path / "a/wandb/run-online") not in find_runs(tmp_path)
+
+
+def test_a_run_is_a_train_job_whose_summary_keeps_the_lowest_validation_loss(tmp_path, wandb_env):
+    tracker = Tracker({"mode": "offline"}, {}, tmp_path / "run")
+    for step, loss in enumerate([3.0, 1.5, 2.0]):
+        tracker.log({"validation/loss": loss}, step=step)
+    model = tmp_path / "model.pt"
+    model.write_bytes(b"weights" * 100)
+    tracker.log_model("sequifier-m/1", [model], {"best_epoch": 1, "best_validation_loss": 1.5})
+    tracker.finish()
+    run = read_run(tracker.directory)
+    assert run["job_type"] == "train"
+    assert run["summary"]["validation/loss"] == {"min": 1.5, "last": 2.0}
+    (artifact,) = run["artifacts"]
+    assert (artifact["name"], artifact["type"]) == ("sequifier-m-1", "model")  # made a valid name
+    assert set(artifact["aliases"]) >= {"best", "epoch-1"}
+    (found,) = artifact["files"]
+    assert found["path"] == "model.pt" and Path(found["local_path"]).read_bytes() == model.read_bytes()
+
+
+@pytest.mark.parametrize("reach", ["no key", "refused"])
+def test_online_without_a_key_or_a_server_logs_offline_and_says_so(tmp_path, wandb_env, caplog, reach):
+    """A compute node: WANDB_MODE=online, but no key, or a server that refuses the connection:
+    the run is written offline at once (no wait for W&B's 90 s init timeout), with a warning."""
+    wandb_env.setenv("WANDB_MODE", "online")
+    if reach == "refused":
+        with socket.socket() as probe:  # a port with nobody listening on it
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        wandb_env.setenv("WANDB_API_KEY", "k" * 40)
+        wandb_env.setenv("WANDB_BASE_URL", f"http://127.0.0.1:{port}")
+    started = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="sequifier.train.tracking"):
+        with Tracker({"job_type": "search"}, {"seed": 1}, tmp_path / "run") as tracker:
+            tracker.log({"validation/loss": 0.5}, step=0)
+    assert time.perf_counter() - started < 30
+    assert tracker.mode == "offline" and tracker.directory.name.startswith("offline-run-")
+    expected = "no W&B API key" if reach == "no key" else f"127.0.0.1:{port} does not answer"
+    assert "W&B logs offline" in caplog.text and expected in caplog.text and "wandb sync" in caplog.text
+    run = read_run(tracker.directory)
+    assert (run["job_type"], run["summary"]["validation/loss"]) == ("search", {"min": 0.5, "last": 0.5})
+
+
+def test_a_server_that_does_not_answer_is_given_up_on_quickly():
+    """A connection that opens but gets no answer (a proxy or firewall that holds it): the check
+    gives up after `timeout` seconds, not W&B's 90."""
+    with socket.socket() as silent:  # listens, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        environ = {"WANDB_API_KEY": "k" * 40, "WANDB_BASE_URL": url}
+        started = time.perf_counter()
+        reason = offline_reason(environ, Path("/nonexistent"), timeout=0.5)
+        assert reason.startswith(f"the W&B server {url} does not answer within 0.5 s")
+        assert time.perf_counter() - started < 5
+    with socket.socket() as server:  # answers (even an error): the server is there
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        environ["WANDB_BASE_URL"] = f"http://127.0.0.1:{server.getsockname()[1]}"
+
+        def answer():
+            connection, _ = server.accept()
+            connection.recv(4096)
+            connection.sendall(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n")
+            connection.close()
+
+        threading.Thread(target=answer, daemon=True).start()
+        assert offline_reason(environ, Path("/nonexistent"), timeout=5) is None

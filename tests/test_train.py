@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -67,7 +68,7 @@ def test_make_preprocess_train_writes_models_checkpoints_and_metrics(made):
     ]
     assert models == sorted(expected)
     checkpoints = sorted(p.name for p in (made / "checkpoints").iterdir())
-    assert checkpoints == [f"sequifier-default-epoch-{e}.pt" for e in range(1, 6)]
+    assert checkpoints == [f"sequifier-default-epoch-{e}.pt" for e in range(3, 6)]  # keep_checkpoints: 3
     assert "validation loss" in (made / "logs" / "sequifier-default.log").read_text()
 
 
@@ -93,6 +94,31 @@ def test_wandb_offline_run_holds_the_metrics_of_the_csv(made):
     )
     assert history[0]["epoch"] == 0 and history[0]["validation/accuracy_itemId"] > 0
     assert logged["summary"]["baseline/best/loss"] > 0
+
+
+def test_wandb_run_is_a_train_job_with_the_best_loss_and_the_best_model(made):
+    """The W&B run of a training: job type train, the lowest validation loss in its summary (as a
+    cluster user sorts runs by it), and the best model as an artifact whose files W&B keeps for
+    `wandb sync` (offline)."""
+    rows = read_metrics(made / "logs" / "sequifier-default-metrics.csv")
+    (folder,) = find_runs(made / "logs")
+    logged = read_run(folder)
+    assert logged["job_type"] == "train"
+    lowest = min(float(r["validation_loss"]) for r in rows)
+    assert logged["summary"]["validation/loss"]["min"] == pytest.approx(lowest, rel=1e-12)
+    assert logged["summary"]["validation/loss"]["last"] == pytest.approx(float(rows[-1]["validation_loss"]))
+    assert logged["summary"]["best_validation_loss"] == pytest.approx(lowest, rel=1e-12)
+    (artifact,) = logged["artifacts"]
+    best = logged["summary"]["best_epoch"]
+    assert (artifact["name"], artifact["type"]) == ("sequifier-default", "model")
+    assert set(artifact["aliases"]) >= {"best", f"epoch-{best}"}
+    assert artifact["metadata"]["best_epoch"] == best
+    assert artifact["metadata"]["best_validation_loss"] == pytest.approx(lowest, rel=1e-12)
+    exported = sorted(p.name for p in (made / "models").iterdir() if "-best" in p.name)
+    assert sorted(f["path"] for f in artifact["files"]) == exported and len(exported) == 4
+    for found in artifact["files"]:  # the copies that `wandb sync` uploads are there, whole
+        assert Path(found["local_path"]).stat().st_size == found["size"]
+        assert found["size"] == (made / "models" / found["path"]).stat().st_size
 
 
 def _validation_inputs(project, bundle, n=50):

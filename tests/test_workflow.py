@@ -1,6 +1,7 @@
 """The Snakemake workflow: lint, dry runs, a real run that matches the CLI and trains the example
 model, a no-op re-run, a changed train config that trains afresh, an interrupted training that
-resumes, and the SLURM submission of the train job (stub SLURM commands record their arguments)."""
+resumes, and runs on the local SLURM cluster (scripts/slurm-cluster): the example, what a train job
+with two GPUs is granted, and what the slurm profile as shipped asks for."""
 
 import csv
 import json
@@ -8,13 +9,13 @@ import os
 import re
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import slurm_cluster
 import yaml
 from conftest import REPO, run_cli
 
@@ -127,6 +128,16 @@ def test_gpu_resource_picks_the_device_and_the_launcher(workflow, gpus, launch):
     command = result.stdout.split("rule train:")[1].split("Shell command:")[1].splitlines()[0]
     assert f"{launch} --config-path results/example/runs/dim_model-" in command, command
     assert "--set training_spec.device=cuda" in command, command
+
+
+def test_nodes_resource_launches_a_torchrun_per_node(workflow):
+    result = snakemake(workflow, "-n", "--set-resources", "train:gpu=4", "train:nodes=2")
+    assert result.returncode == 0, result.stderr
+    command = result.stdout.split("rule train:")[1].split("Shell command:")[1].splitlines()[0]
+    launch = (
+        "-m sequifier train-launch --nodes=2 --processes=2 -- --config-path results/example/runs/"  # 2 a node
+    )
+    assert launch in command and "--set training_spec.device=cuda" in command, command
 
 
 def test_workflow_matches_the_cli(built, tmp_path):
@@ -373,36 +384,91 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     assert "nothing to infer" in (root / "logs/example/infer/n_head-3-predictions.log").read_text()
 
 
-def stub(folder, name, calls, body=""):
-    path = folder / name
-    path.write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\n{body}\n')
-    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+def slurm_jobs(root):
+    """{SLURM job id: rule} of the jobs the workflow in root submitted, as the cluster knows them."""
+    jobs = slurm_cluster.jobs_of(root)
+    return {job: comment.removeprefix("rule_").split("_wildcards")[0] for job, (comment, _) in jobs.items()}
 
 
-def test_slurm_submits_training_with_its_gpu_memory_and_time(built, tmp_path):
+def job_request(job_id):
+    """What SLURM granted a job (scontrol show job): {key: value}."""
+    shown = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True)
+    return dict(pair.split("=", 1) for pair in shown.stdout.split() if "=" in pair)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+def test_the_example_runs_on_the_slurm_cluster_with_the_results_of_a_local_run(built, tmp_path):
     root = copy_of(built, tmp_path)
-    stubs, calls = tmp_path / "bin", tmp_path / "calls.txt"
-    stubs.mkdir()
-    for name in ("sacctmgr", "sshare", "squeue", "sacct", "scontrol", "sinfo"):
-        stub(stubs, name, calls)
-    stub(stubs, "sbatch", calls, 'echo "sbatch: error: stub, nothing submitted" >&2; exit 1')
+    for name in ("results", "logs", ".snakemake"):
+        shutil.rmtree(root / name)
+    started = time.monotonic()
+    result = snakemake(root, *slurm_cluster.cluster_profile(root))
+    wall = time.monotonic() - started
+    submitted = slurm_jobs(root)
+    slurm_cluster.cancel(*submitted)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    counts = job_counts("Job stats:" + output.split("Job stats:")[1].split("\n\n")[0])  # the plan
+    local = {"all", "run_config", "leaderboard"}  # local rules: not submitted
+    assert sorted(submitted.values()) == sorted(
+        rule for rule, count in counts.items() if rule not in local and rule != "total" for _ in range(count)
+    ), (counts, submitted)
+    assert list(submitted.values()).count("train") == len(RUNS)
+    states = {job: state for job, (_, state) in slurm_cluster.jobs_of(root).items()}
+    assert states == {job: "COMPLETED" for job in submitted}
+    for job, rule in submitted.items():
+        if rule == "train":
+            request = job_request(job)
+            assert (request["NumCPUs"], request["NumTasks"], request["Partition"]) == ("1", "1", "cpu")
+    ours, local_rows = leaderboard(root), leaderboard(built)
+    assert [row["run"] for row in ours] == [row["run"] for row in local_rows]
+    for row, local_row in zip(ours, local_rows):
+        assert row["status"] == local_row["status"] == "done"
+        loss, local_loss = float(row["best_validation_loss"]), float(local_row["best_validation_loss"])
+        assert loss == pytest.approx(local_loss, rel=1e-4)
+    print(f"the example on the SLURM cluster: {len(submitted)} jobs in {wall:.0f} s")
 
-    profile = ["--profile", "workflow/profiles/slurm", "--slurm-init-seconds-before-status-checks", "1"]
-    result = snakemake(root, *profile, "--forcerun", "train", path=stubs)
-    assert result.returncode != 0  # the stub refuses the job once it has recorded it
-    submitted = [line for line in calls.read_text().splitlines() if line.startswith("sbatch ")]
-    runs = sorted(line.split("rule_train_wildcards_")[1].split()[0] for line in submitted)
-    assert runs == list(RUNS), calls.read_text()  # keep-going: a refused job does not stop the others
-    profile = yaml.safe_load((root / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
-    train = profile["set-resources"]["train"]
-    for line in submitted:
-        flags = line.split(" --wrap=")[0].split()
-        for flag in (f"--gpus={train['gpu']}", f"--cpus-per-gpu={train['cpus_per_gpu']}", "--nodes=1"):
-            assert flag in flags, line
-        pairs = set(zip(flags, flags[1:]))
-        for flag, value in (
-            ("--mem", train["mem_mb"]),
-            ("-t", train["runtime"]),
-            ("-p", train["slurm_partition"]),
-        ):
-            assert (flag, str(value)) in pairs, line
+
+@pytest.mark.slurm
+def test_a_train_job_with_two_gpus_asks_slurm_for_them_as_one_task(built, tmp_path):
+    root = copy_of(built, tmp_path)
+    profile = slurm_cluster.cluster_profile(root, slurm_partition="gpu", gpu=2)
+    result = snakemake(root, str(RUN / "status.json"), *profile, "--forcerun", "train")
+    submitted = slurm_jobs(root)
+    slurm_cluster.cancel(*submitted)
+    assert list(submitted.values()) == ["train"], result.stdout[-3000:] + result.stderr[-3000:]
+    request = job_request(next(iter(submitted)))
+    # --gpus=2, one task (torchrun starts a process per GPU), cpus_per_gpu x 2 CPUs, and memory per CPU
+    assert request["TresPerJob"] == "gres:gpu:2" and request["CpusPerTres"] == "gres:gpu:1", request
+    assert (request["NumTasks"], request["NumCPUs"], request["Partition"]) == ("1", "2", "gpu"), request
+    assert request["MinMemoryCPU"] == "1000M", request
+    # granted, the job trains on cuda (which this machine's torch cannot: the GPUs are device files)
+    log = (root / "logs/example/train/dim_model-16.log").read_text()
+    assert "training_spec.device: 'cuda', but torch finds no CUDA GPU" in log, log
+
+
+@pytest.mark.slurm
+def test_the_slurm_profile_asks_for_cpus_and_memory_per_gpu_and_one_task(built, tmp_path):
+    """The profile as shipped (the tests above change its cluster values): its GPU request, whether
+    the cluster can grant it or not (8 CPUs per GPU: more than the local nodes have)."""
+    root = copy_of(built, tmp_path)
+    fast = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "1"]
+    profile = ["--profile", "workflow/profiles/slurm", *fast, "--verbose"]
+    result = snakemake(root, str(RUN / "status.json"), *profile, "--forcerun", "train")
+    slurm_cluster.cancel(*slurm_jobs(root))
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if "sbatch --parsable" in line]
+    calls = {tuple(line.split("sbatch --parsable", 1)[1].split(" --wrap=")[0].split()) for line in lines}
+    assert len(calls) == 1, calls  # logged twice when the cluster refuses the job: the same call
+    flags = list(calls.pop())
+    assert "rule_train_wildcards_dim_model-16" in flags, flags
+    settings = yaml.safe_load((root / "workflow/profiles/slurm/config.yaml").read_text())
+    train, defaults = settings["set-resources"]["train"], settings["default-resources"]
+    for flag in (f"--gpus={train['gpu']}", f"--cpus-per-gpu={defaults['cpus_per_gpu']}", "--nodes=1"):
+        assert flag in flags, flags
+    pairs = set(zip(flags, flags[1:]))
+    for flag, value in (("--mem-per-cpu", defaults["mem_mb_per_cpu"]), ("-t", train["runtime"])):
+        assert (flag, str(value)) in pairs, flags
+    assert ("-p", train["slurm_partition"]) in pairs, flags
+    # one task: torchrun starts the processes (no --ntasks-per-gpu, which would run the job per GPU)
+    assert not [flag for flag in flags if flag.startswith(("--ntasks", "--cpus-per-task"))], flags

@@ -63,7 +63,9 @@ def _public(values: dict) -> dict:
 
 
 def read_run(run_folder: Path) -> dict:
-    """id, config, history (one dict per step, with _step), summary, group, name, tags and exit_code of a run.
+    """id, config, history (one dict per step, with _step), summary, group, name, tags, job_type,
+    exit_code and artifacts (name, type, aliases, metadata and files: path, size, digest and the
+    local copy that `wandb sync` uploads) of a run.
 
     W&B-internal keys (_runtime, _timestamp, _wandb...) are left out of config, history and summary.
     """
@@ -76,13 +78,16 @@ def read_run(run_folder: Path) -> dict:
         "group": None,
         "name": None,
         "tags": [],
+        "job_type": None,
         "exit_code": None,
+        "artifacts": [],
     }
     for record in records(log_file):
         kind = record.WhichOneof("record_type")
         if kind == "run":
             group, name = record.run.run_group or None, record.run.display_name or None
             run.update(id=record.run.run_id, group=group, name=name, tags=list(record.run.tags))
+            run["job_type"] = record.run.job_type or None
             run["config"].update(_items(record.run.config.update))
         elif kind == "config":
             run["config"].update(_items(record.config.update))
@@ -94,6 +99,21 @@ def read_run(run_folder: Path) -> dict:
             run["summary"].update(_items(record.summary.update))
             for item in record.summary.remove:
                 run["summary"].pop(item.key or "/".join(item.nested_key), None)
+        elif kind == "artifact":
+            found = record.artifact
+            files = [
+                {"path": f.path, "size": f.size, "digest": f.digest, "local_path": f.local_path}
+                for f in found.manifest.contents
+            ]
+            run["artifacts"].append(
+                {
+                    "name": found.name,
+                    "type": found.type,
+                    "aliases": list(found.aliases),
+                    "metadata": json.loads(found.metadata or "{}"),
+                    "files": files,
+                }
+            )
         elif kind == "exit":
             run["exit_code"] = record.exit.exit_code
     run["config"], run["summary"] = _public(run["config"]), _public(run["summary"])

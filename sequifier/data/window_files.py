@@ -313,17 +313,18 @@ def _value_names_check(source: WindowSource, file: Path, names: list) -> int:
     return _width_check(source, file, max(int(name) for name in names if name.isdigit()))
 
 
-def read_chunks(source: WindowSource, file: Path, ids: bool = False):
+def read_chunks(source: WindowSource, file: Path, ids: bool = False, row_groups=None, footer=None):
     """Yield the windows of one file in chunks of about CHUNK_WINDOWS; with `ids`, each chunk also
-    holds the windows' identities (IDS)."""
+    holds the windows' identities (IDS); of a parquet file, only `row_groups` (None: all), its
+    `footer` (pq.FileMetaData) read already or not."""
     rows = CHUNK_WINDOWS * len(source.columns)
     try:
         if source.fmt == "parquet":
-            handle = pq.ParquetFile(file)
+            handle = pq.ParquetFile(file, metadata=footer)
             cut = _value_names_check(source, file, handle.schema_arrow.names)
             fingerprints.check(source, file, fingerprints.parquet_fingerprint(handle))
             names = [*(IDENTITY if ids else ()), CONTEXT, INPUT_COLUMN, *value_columns(source.seq_length)]
-            for batch in handle.iter_batches(batch_size=rows, columns=names):
+            for batch in handle.iter_batches(batch_size=rows, columns=names, row_groups=row_groups):
                 yield _numpy_chunk(source, file, pa.Table.from_batches([batch]), ids, cut)
         elif source.fmt == "csv":
             types = {name: pa.float64() for name in value_columns(source.seq_length)}  # never inferred

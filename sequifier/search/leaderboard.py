@@ -86,7 +86,7 @@ def outcome_row(name: str, status: dict | None, metrics_path: Path, models: Path
     """A run's row from the status its lifecycle recorded (None: none) and, when it is done, its
     metrics CSV and models; wall_s is the whole run's."""
     if status is None or status["status"] != "done":
-        return {"run": name, "status": status["status"] if status else "failed"}
+        return {"run": name, "status": status["status"] if status else "incomplete"}
     return {**run_result(name, metrics_path, models), "wall_s": status["wall_s"]}
 
 

@@ -4,8 +4,9 @@ In output_path/{search_name}/: runs.csv (run id -> its point), runs/{run}.yaml (
 train config), runs/{run}.status.json (its outcome), logs/{run}.log, leaderboard.csv and curves.png
 (validation loss per epoch). Every run is `sequifier train` in a process of its own (`jobs` at a
 time, each a `sequifier.train.lifecycle.Run`, as the workflow's train jobs), so a run that fails
-does not stop the others; it is marked failed in the leaderboard and tried again by the next
-search. A run done with the config it has now is not trained again.
+does not stop the others: one with bad settings is marked failed in the leaderboard, one that
+crashed or was killed incomplete, and both are tried again by the next search. A run done with
+the config it has now is not trained again.
 """
 
 import logging
@@ -101,8 +102,14 @@ class Search:
                 if process.poll() is None:
                     continue
                 running.remove(entry)
-                if run.finish(process.returncode, time.monotonic() - started) != "done":
+                status = run.finish(process.returncode, time.monotonic() - started)
+                if status == "failed":
                     log.warning("run %s failed (exit %d); see %s", run.name, process.returncode, run.log)
+                elif status is None:
+                    log.warning(
+                        "run %s stopped without an outcome (exit %d: a crash or a kill); the next search "
+                        "trains it again; see %s", run.name, process.returncode, run.log,
+                    )  # fmt: skip
 
     def metrics_paths(self) -> dict:
         """{run: metrics CSV} of the finished runs."""
@@ -116,7 +123,10 @@ class Search:
         """A leaderboard row per run: its outcome, and its figures when it is done."""
         found, metrics = [], self.metrics_paths()
         for name, resolved in self.configs.items():
-            status = read_json(self.lifecycle(name).status) if name in metrics else None
+            path = self.lifecycle(name).status
+            status = read_json(path) if path.is_file() else None  # none: incomplete
+            if name not in metrics and status is not None and status["status"] == "done":
+                status = None  # done on other inputs: not finished
             models = Path(resolved["project_root"]) / resolved["models_path"]
             found.append(leaderboard.outcome_row(name, status, metrics.get(name), models))
         return found

@@ -31,6 +31,7 @@ RESUMABLE = (
     "training_spec.continue_training", "training_spec.device", "training_spec.num_workers",
     "training_spec.log_interval", "training_spec.save_interval_epochs", "training_spec.early_stopping_epochs",
     "training_spec.class_share_log_columns", "training_spec.max_nonfinite_steps",
+    "training_spec.save_interval_minutes", "training_spec.keep_checkpoints",
 )  # fmt: skip
 
 
@@ -112,6 +113,14 @@ def remove_partial(folder: Path, model_name: str, keep=()) -> None:
     for path in partial_checkpoints(folder, model_name):
         if path not in kept:
             remove(path)
+
+
+def prune(folder: Path, model_name: str, keep: int | None) -> None:
+    """Keep the `keep` checkpoints of the model name furthest into training (None: all). The
+    newest, the one a resume needs, is always kept; the best model so far is in each of them."""
+    found = _checkpoints(folder, model_name)
+    for _, _, path in found[: -max(1, keep)] if keep is not None else []:
+        remove(path)
 
 
 def random_states() -> dict:

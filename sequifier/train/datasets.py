@@ -2,12 +2,14 @@
 
 In memory, batches are slices of contiguous tensors taken by index; streamed, windows pass
 through a bounded shuffle buffer, one file (or row group) at a time. Under DDP each rank takes its
-own share of every epoch's windows, and every rank gets the same number of batches. Batches are
+own share of every epoch's windows (streamed, it reads only the files or row groups of its share),
+and every rank gets the same number of batches. Batches are
 the chunks of `sequifier.data.window_files`, cut to batch_size.
 """
 
 import torch
 
+from sequifier.data import window_shares
 from sequifier.data.streams import prefetched
 from sequifier.data.window_files import PAD, WindowSource, count_windows, read_chunks
 from sequifier.errors import DataError
@@ -74,60 +76,61 @@ def _filled(chunks, total: int) -> dict:
 
 
 class StreamedWindows:
-    """Windows read file by file through a shuffle buffer of `buffer_size` windows: memory holds
-    the buffer and the chunks being read, whatever the size of the data."""
+    """Windows read piece by piece (a row group or a file, window_shares.py) through a shuffle
+    buffer of `buffer_size` windows: memory holds the buffer and the chunks being read, whatever
+    the size of the data. Under DDP each rank reads only the pieces of its share of the epoch."""
 
     def __init__(self, source: WindowSource, buffer_size: int, readahead: int = 0):
         self.source, self.buffer_size, self.readahead = source, buffer_size, readahead
         self.files = source.files()
-        self._size = None
+        self._pieces = None
+        self.read = []  # the parts of pieces the latest epoch read (window_shares.Slice), in order
+
+    @property
+    def pieces(self) -> list:
+        if self._pieces is None:
+            self._pieces = window_shares.pieces(self.source, self.files)
+        return self._pieces
 
     def __len__(self) -> int:
-        if self._size is None:
-            self._size = count_windows(self.source)
-        return self._size
+        return sum(piece.windows for piece in self.pieces)
 
     def batch_count(self, batch_size: int, *, shuffle: bool, rank=0, world=1) -> int:
         if shuffle:
             return -(-(len(self) // world) // batch_size)
-        return -1  # validation: not needed (and not counted, to save a pass over the files)
+        return -1  # validation: not needed (and not counted, to save a pass over csv files)
 
-    def _chunks(self, order):
-        chunks = (chunk for i in order for chunk in read_chunks(self.source, self.files[i]))
-        return prefetched(chunks, self.readahead) if self.readahead else chunks
+    def share(self, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank=0, world=1) -> list:
+        """The parts of the pieces this rank reads in the epoch (window_shares.Slice), in order."""
+        if not shuffle and world == 1:  # every window in file order: nothing to count first
+            return [window_shares.Slice(window_shares.Piece(f, None, -1, -1), 0, -1) for f in self.files]
+        generator = epoch_generator(seed, epoch) if shuffle else None  # the same order on every rank
+        order = window_shares.epoch_order(self.pieces, generator)
+        return window_shares.rank_slices(self.pieces, order, rank, world, equal=shuffle)
+
+    def _chunks(self, slices):
+        self.read = []
+
+        def chunks():
+            for part in slices:
+                self.read.append(part)
+                if part.stop < 0:  # a whole file
+                    yield from read_chunks(self.source, part.piece.file)
+                else:
+                    yield from window_shares.sliced_chunks(self.source, part)
+
+        return prefetched(chunks(), self.readahead) if self.readahead else chunks()
 
     def batches(
         self, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0, rank=0, world=1, skip=0
     ):
-        generator = epoch_generator(seed, epoch, rank)
-        order = (
-            torch.randperm(len(self.files), generator=epoch_generator(seed, epoch))
-            if shuffle
-            else range(len(self.files))
-        )
-        quota = len(self) // world if shuffle and world > 1 else None
-        windows = self._shuffled(self._rank_share(self._chunks(order), rank, world), shuffle, generator)
-        taken = 0
+        slices = self.share(shuffle=shuffle, seed=seed, epoch=epoch, rank=rank, world=world)
+        windows = self._shuffled(self._chunks(slices), shuffle, epoch_generator(seed, epoch, rank))
         for batch in _batched(windows, batch_size):
-            if quota is not None:
-                batch = {k: v[: quota - taken] for k, v in batch.items()}
-                if len(batch[PAD]) == 0:
-                    return
-            taken += len(batch[PAD])
             if skip:
                 skip -= 1
                 continue
             yield batch
-
-    @staticmethod
-    def _rank_share(chunks, rank: int, world: int):
-        offset = 0
-        for chunk in chunks:
-            n = len(chunk[PAD])
-            if world > 1:
-                chunk = {k: v[(rank - offset) % world :: world] for k, v in chunk.items()}
-            offset += n
-            yield chunk
 
     def _shuffled(self, chunks, shuffle: bool, generator: torch.Generator):
         """Chunks in, chunks out; with shuffle, windows leave the buffer in random order."""

@@ -65,6 +65,25 @@ def all_extremes(process: Process, value: torch.Tensor) -> tuple:
     return low.item(), high.item()
 
 
+def agreed(process: Process, flags: list, device: torch.device) -> list:
+    """Yes/no flags that hold on any rank, the same on every rank (the flags themselves in one process)."""
+    if not process.distributed:
+        return [bool(flag) for flag in flags]
+    values = torch.tensor([float(bool(flag)) for flag in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [bool(value) for value in values.tolist()]
+
+
+def gathered(process: Process, sums: dict) -> list:
+    """Every rank's loss sums ({name: tensor}), on the CPU, in the order of the ranks."""
+    mine = {key: value.detach().cpu() for key, value in sums.items()}
+    if not process.distributed:
+        return [mine]
+    found = [None] * process.world
+    dist.all_gather_object(found, mine)
+    return found
+
+
 def check_replicas(process: Process, model: torch.nn.Module) -> None:
     """Under DDP every rank must end with the same weights: say so, or fail loudly."""
     if not process.distributed:

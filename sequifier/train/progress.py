@@ -20,6 +20,7 @@ class Progress:
     nonfinite_steps: int = 0  # optimizer steps skipped in a row, their loss or gradient not finite
     elapsed: float = 0.0
     train_sums: dict = field(default_factory=dict)  # of the epoch under way
+    rank_train_sums: list = field(default_factory=list)  # every process's, where they agreed to save
     rows: list = field(default_factory=list)
 
     def step_done(self, batches_done: int, train_sums: dict) -> None:

@@ -112,9 +112,16 @@ def run(loaded: dict, source: str = "train config") -> dict:
         with Tracker(plan.config["wandb"], plan.config, plan.logs, process.main, trainer.wandb_id) as tracker:
             trainer.wandb_id = tracker.run_id
             trainer.fit(tracker)
-        distributed.check_replicas(process, trainer.model)
-        p = trainer.progress
-        written = export_run(plan, trainer.model, p.best_state, p.best_epoch, p.epoch) if process.main else []
+            distributed.check_replicas(process, trainer.model)
+            p = trainer.progress
+            written = (
+                export_run(plan, trainer.model, p.best_state, p.best_epoch, p.epoch) if process.main else []
+            )
+            best = {
+                plan.model_path("best", p.best_epoch, e, s) for e in (False, True) for s in ("pt", "onnx")
+            }
+            figures = {"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch}
+            tracker.log_model(f"sequifier-{plan.name}", [path for path in written if path in best], figures)
         if process.main:
             log.info(
                 "done: best epoch %d of %d (validation loss %.5f); %d model file(s) in %s; metrics in %s",

@@ -2,13 +2,20 @@
 
 Tracking never needs a network by default (offline unless an API key is configured), never kills
 training (a failing W&B is logged and switched off), and does nothing on DDP ranks other than 0.
+Online without a key, or without a connection to the W&B server (a compute node), it logs
+offline and says so: `wandb sync` uploads the run later. The run's summary holds the lowest
+validation loss (define_metric), and the best model is logged as an artifact.
 """
 
 from __future__ import annotations
 
+import http.client
 import logging
 import netrc
 import os
+import re
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -25,7 +32,10 @@ DEFAULTS = {
     "name": None,
     "tags": [],
     "notes": None,
+    "job_type": "train",
 }
+REACH_SECONDS = 5.0  # how long a connection to the W&B server may take before logging offline
+BEST_LOSS = "validation/loss"  # its summary: the lowest (min) and the latest (last)
 
 
 def _has_api_key(environ: Mapping[str, str], home: Path) -> bool:
@@ -62,6 +72,22 @@ def resolve_mode(settings: Mapping | None, environ: Mapping[str, str], home: Pat
     return "online" if _has_api_key(environ, home) else "offline"
 
 
+def offline_reason(environ: Mapping[str, str], home: Path, timeout: float = REACH_SECONDS) -> str | None:
+    """Why an online run would fail or hang here (no API key; no answer from the W&B server within
+    `timeout` seconds, through the proxy of HTTPS_PROXY if any), or None when it can start."""
+    if not _has_api_key(environ, home):
+        return "no W&B API key is configured (WANDB_API_KEY or `wandb login`)"
+    url = environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, whatever it says: the server is there
+    except (OSError, ValueError, http.client.HTTPException) as error:
+        why = getattr(error, "reason", None) or error or type(error).__name__
+        return f"the W&B server {url} does not answer within {timeout:g} s ({why})"
+    return None
+
+
 class Tracker:
     """Logs a training run to W&B; every method is a no-op when tracking is off or never started."""
 
@@ -83,6 +109,9 @@ class Tracker:
         self.mode = resolve_mode(settings, os.environ, Path.home())
         if self.mode == "disabled":
             return
+        if self.mode == "online" and (reason := offline_reason(os.environ, Path.home())):
+            logger.warning("W&B logs offline: %s; `wandb sync` uploads the run later", reason)
+            self.mode = "offline"  # checked before wandb.init: a failed online init can block an offline one
         try:
             import wandb
 
@@ -94,6 +123,7 @@ class Tracker:
                 name=settings["name"],
                 tags=list(settings["tags"] or []),
                 notes=settings["notes"],
+                job_type=settings["job_type"],
                 config=config,
                 dir=str(run_dir),
                 mode=self.mode,
@@ -108,6 +138,7 @@ class Tracker:
             return
         self._directory = Path(self._run.settings.sync_dir)
         logger.info("W&B tracking (%s) in %s", self.mode, self.directory)
+        self._call("define_metric", self._run.define_metric, BEST_LOSS, summary="min,last")
 
     @property
     def run_id(self) -> str | None:
@@ -138,6 +169,22 @@ class Tracker:
     def summary(self, values: dict) -> None:
         if self._run is not None:
             self._call("summary", self._run.summary.update, values)
+
+    def log_model(self, name: str, files: list, metadata: dict) -> None:
+        """The best model's `files` as a version of the artifact `name` (type model, aliases best
+        and epoch-N of metadata's best_epoch); offline, W&B keeps a copy of them (in its data
+        folder, WANDB_DATA_DIR) until `wandb sync` uploads the run."""
+        if self._run is None or not files:
+            return
+        import wandb
+
+        def log() -> None:
+            artifact = wandb.Artifact(re.sub(r"[^\w.-]", "-", name), type="model", metadata=metadata)
+            for path in files:
+                artifact.add_file(str(path), name=Path(path).name)
+            self._run.log_artifact(artifact, aliases=["best", f"epoch-{metadata.get('best_epoch')}"])
+
+        self._call("log_artifact", log)
 
     def finish(self, failed: bool = False) -> None:
         """Close the run (exit code 1 when failed); idempotent."""

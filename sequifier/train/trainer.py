@@ -16,10 +16,11 @@ from tqdm import tqdm
 
 from sequifier.data.window_files import PAD
 from sequifier.errors import ConfigError
-from sequifier.interrupts import Stopped, uninterrupted
+from sequifier.interrupts import Stopped, StoppedToResume, interrupt_at_boundary, uninterrupted
 from sequifier.model.export import load_weights
 from sequifier.model.network import Transformer
 from sequifier.train import checkpoint, distributed, nonfinite
+from sequifier.train.boundaries import Boundaries
 from sequifier.train.datasets import open_windows
 from sequifier.train.evaluation import Evaluator, add, means, weighted_total
 from sequifier.train.metrics import (
@@ -79,6 +80,7 @@ class Trainer:
         except ConfigError as error:
             raise ConfigError(f"{plan.source}: {error}") from None
         self.progress = Progress()
+        self.boundaries, self.saved_at = Boundaries(process, self.device, spec["save_interval_minutes"]), None
         self.wandb_id = None  # the W&B run, continued on resume
         self.validation_seconds = 0.0
         classes = plan.metadata.n_classes
@@ -112,34 +114,42 @@ class Trainer:
             self.schedule.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(**state["progress"])
+        if len(self.progress.rank_train_sums) == self.process.world:  # saved where all ranks agreed
+            self.progress.train_sums = self.progress.rank_train_sums[self.process.rank]
         self.wandb_id = state.get("wandb_id")
         if self.progress.batches_done:
             checkpoint.restore_random_states(state["random"])
         log.info("resuming from %s (epoch %d done)", path, self.progress.epoch)
 
-    def save_checkpoint(self) -> None:
-        """Everything to resume from, the time trained until now included; written by rank 0."""
+    def save_checkpoint(self, agreed: bool = False) -> None:
+        """Everything to resume from, the time trained until now included; written by rank 0, which
+        then prunes the oldest (keep_checkpoints). Once per place in training. Where all processes
+        `agreed` to save (a batch boundary), the loss sums of each process's epoch are saved too."""
         p, now = self.progress, time.perf_counter()
+        if self.saved_at == (p.epoch, p.batches_done, p.steps, p.pending_record):
+            return
+        p.rank_train_sums = (
+            distributed.gathered(self.process, p.train_sums) if agreed and p.batches_done else []
+        )
         p.elapsed, self.started = p.elapsed + now - self.started, now
+        self.saved_at = (p.epoch, p.batches_done, p.steps, p.pending_record)
+        self.boundaries.saved_now()
         if not self.process.main:
             return
         path = checkpoint.checkpoint_file(self.plan.checkpoints, self.plan.name, p.epoch, p.batches_done)
-        checkpoint.save(
-            path,
-            {
-                "model_args": self.model.args.to_dict(),
-                "config": self.config,
-                "metadata": self.plan.metadata.to_dict(),
-                "world": self.process.world,
-                "wandb_id": self.wandb_id,
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.schedule.state_dict() if self.schedule is not None else None,
-                "scaler": self.scaler.state_dict(),
-                "progress": vars(p),
-            },
-            supersedes_partial=p.batches_done == 0,  # an epoch's end: the checkpoints within it go, after
-        )
+        state = {"model_args": self.model.args.to_dict(), "config": self.config, "world": self.process.world}
+        state |= {"metadata": self.plan.metadata.to_dict(), "wandb_id": self.wandb_id, "progress": vars(p)}
+        state |= {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+        scheduler = self.schedule.state_dict() if self.schedule is not None else None
+        state |= {"scheduler": scheduler, "scaler": self.scaler.state_dict()}
+        checkpoint.save(path, state, supersedes_partial=p.batches_done == 0)  # an epoch's end: the partial go
+        checkpoint.prune(self.plan.checkpoints, self.plan.name, self.spec["keep_checkpoints"])
+
+    def at_boundary(self, epoch: int) -> None:
+        """Between optimizer steps, all processes alike: stop when a signal asked to (StoppedToResume,
+        the checkpoint saved on the way out), or save a checkpoint when save_interval_minutes are up."""
+        if self.boundaries.check(f" at epoch {epoch} batch {self.progress.batches_done}"):
+            self.save_checkpoint(agreed=True)
 
     # -- the epoch: micro-steps, optimizer steps, interval validations --------------------------
 
@@ -160,6 +170,7 @@ class Trainer:
                 self._optimizer_step(run, group, group_sums, record_due=due)
                 if due:
                     self._record_interval(run, self._windows_per_second(run), tracker)
+                self.at_boundary(epoch)
         return self._reduce(run.sums), self._windows_per_second(run)
 
     def _start_epoch(self, epoch: int, tracker: Tracker) -> EpochRun:
@@ -354,23 +365,26 @@ class Trainer:
         self.started = time.perf_counter()
         self.record_start(tracker)
         try:
-            for epoch in range(p.epoch + 1, spec["epochs"] + 1):
-                train, rate = self.train_epoch(epoch, tracker)
-                validation_loss = self.record(epoch, 0, "epoch", train, rate, tracker)
-                with uninterrupted():  # the epoch's end, all or nothing
-                    p.epoch_done(epoch, validation_loss, self.model)
-                    if self.schedule is not None:
-                        self.schedule.after_epoch()
-                stop = p.stalled(spec["early_stopping_epochs"])
-                if stop or epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"]:
-                    self.save_checkpoint()
-                if stop:
-                    log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
-                    break
+            with interrupt_at_boundary(self.process.distributed):  # Ctrl-C under DDP
+                for epoch in range(p.epoch + 1, spec["epochs"] + 1):
+                    train, rate = self.train_epoch(epoch, tracker)
+                    validation_loss = self.record(epoch, 0, "epoch", train, rate, tracker)
+                    with uninterrupted():  # the epoch's end, all or nothing
+                        p.epoch_done(epoch, validation_loss, self.model)
+                        if self.schedule is not None:
+                            self.schedule.after_epoch()
+                    stop = p.stalled(spec["early_stopping_epochs"])
+                    if stop or epoch % spec["save_interval_epochs"] == 0 or epoch == spec["epochs"]:
+                        self.save_checkpoint()
+                    if stop:
+                        log.info("early stopping: no better validation loss for %d epochs", p.stale_epochs)
+                        break
+                    if epoch < spec["epochs"]:
+                        self.at_boundary(epoch + 1)
         except KeyboardInterrupt as stop:
-            how = "stopped by SIGTERM" if isinstance(stop, Stopped) else "interrupted"
+            how = (str(stop) or "stopped by SIGTERM") if isinstance(stop, Stopped) else "interrupted"
             log.warning("%s: saving a checkpoint to resume from (continue_training: true)", how)
-            self.save_checkpoint()
+            self.save_checkpoint(agreed=isinstance(stop, StoppedToResume))
             raise
         if p.best_state is None:  # no finite validation loss: the best model is the last one
             p.best_epoch, p.best_loss = p.epoch, math.nan

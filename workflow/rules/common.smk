@@ -192,8 +192,10 @@ def train_outputs():
 
 def train_command(wildcards, input, resources):
     """The job's training: on the CPU, on one GPU, or torchrun with a process per GPU (gpu > 1),
-    resuming from the run's checkpoints (sequifier.train.lifecycle keeps them only for its inputs)."""
-    return shlex.join(lifecycle.launch_command(input.config, resources.gpu, resume=True))
+    resuming from the run's checkpoints (sequifier.train.lifecycle keeps them only for its inputs).
+    A job on several nodes (the `nodes` resource) runs one torchrun per node (sequifier.train.launch)."""
+    nodes = resources.get("nodes", 1)
+    return shlex.join(lifecycle.launch_command(input.config, resources.gpu, resume=True, nodes=nodes))
 
 
 def checkpoints_folder(wildcards):

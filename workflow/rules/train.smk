@@ -22,15 +22,17 @@ rule run_config:
 
 # A train job is one `sequifier train-run` (sequifier/train/lifecycle.py): the training that
 # train_command gives (python, or torchrun with a process per GPU when gpu > 1), its outcome kept.
-# A job that is killed or times out leaves its checkpoints, and the next attempt resumes from the
-# last one (continue_training). Only then: the stamp of the inputs (run config, metadata, GPU
-# count) lives in the checkpoints folder while a run is unfinished, and checkpoints without the
-# same stamp are dropped, so a changed, forced or finished run trains from scratch. The metrics CSV
-# is copied into place last: the outputs are complete only when training and export are.
-# A training that fails with an error (exit 1 or 2: bad settings, bad data, a crash) does not stop
-# the other runs: the job ends with status.json {"status": "failed"}, an empty models folder and
-# an empty metrics.csv, and the leaderboard marks the run failed; `--forcerun train` (or deleting
-# the status.json) tries it again. A job killed by a signal or a time limit stays incomplete.
+# A job that is killed, times out or crashes leaves its checkpoints, and the next attempt resumes
+# from the last one (continue_training). Only then: the stamp of the inputs (run config, metadata,
+# GPU count) lives in the checkpoints folder while a run is unfinished, and checkpoints without the
+# same stamp are dropped, so a changed or finished run trains from scratch. The metrics CSV is
+# copied into place last: the outputs are complete only when training and export are.
+# Only bad settings or bad data (sequifier's exit 2, also under torchrun) make a run `failed`,
+# and that does not stop the other runs: the job ends with status.json {"status": "failed"}, an
+# empty models folder and an empty metrics.csv, and the leaderboard marks the run failed;
+# `--forcerun train` (or deleting the status.json) tries it again. Anything else (a crash, out of
+# memory, 74, 75: stopped at a checkpoint by a time limit, a signal) fails the job, so that
+# Snakemake's retries (the slurm profile's `retries`) or the next start resume it.
 rule train:
     input:
         config=run_path("train.yaml"),
