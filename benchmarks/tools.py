@@ -150,7 +150,7 @@ def set_flags(overrides: dict) -> list:
     return [a for key, value in overrides.items() for a in ("--set", f"{key}={json.dumps(value)}")]
 
 
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO sequifier\.train: (.*)$")
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO sequifier\.train(?:\.\w+)*: (.*)$")
 
 
 def log_times(path: Path, pattern: str) -> list:
