@@ -216,3 +216,19 @@ def test_a_target_offset_the_windows_cannot_hold_is_a_clear_error(project, train
         assert text in result.stderr
     assert "configs/train.yaml" in result.stderr
     assert not (project.root / "models").exists() and not (project.root / "checkpoints").exists()
+
+
+def test_the_search_space_takes_target_offset():
+    from sequifier.errors import ConfigError
+    from sequifier.search import space as search
+
+    ids = search.run_ids(search.expand({"target_offset": [1, 3]}, "grid", None, 0, "search.yaml"))
+    configs = search.run_configs(ids, {}, "search.yaml", lambda name, point: {})
+    assert [c["target_offset"] for c in configs.values()] == [1, 3]
+    assert list(configs) == ["target_offset-1", "target_offset-3"]
+    with pytest.raises(ConfigError) as raised:
+        bad = search.run_ids(search.expand({"target_offset": [0]}, "grid", None, 0, "search.yaml"))
+        search.run_configs(bad, {}, "search.yaml", lambda name, point: {})
+    assert "space.target_offset" in str(raised.value) and "0 is less than the minimum of 1" in str(
+        raised.value
+    )
