@@ -1,6 +1,7 @@
 """`sequifier infer`: trained models applied to windows, results in the user's own format.
 
-Generative models predict the last item of every window from the seq_length items before it:
+Generative models predict the last item of every window from the seq_length items before it (a
+model of target_offset k: from the seq_length items ending k before it):
 `sequenceId, itemPosition, <targets>` (itemPosition: the predicted item's, the window's
 lastItemPosition), with the class
 probabilities per categorical target if asked. Embedding models give the final hidden state of

@@ -56,11 +56,13 @@ class ModelSteps:
 
     def encode(self, chunk: dict, rows: np.ndarray | None = None) -> dict:
         """The S items that the output of each window of a chunk (or of its `rows`) is computed from,
-        in the model's encoding: those before the last item, or after the first for an embedding."""
+        in the model's encoding: the first S of the S + k read (the window's last item is the one
+        predicted, k = target_offset steps after them), or the last S for an embedding."""
         picked = slice(None) if rows is None else rows
         blocks = {name: chunk[name][picked].numpy() for name in self.inputs}
         blocks = self.translate(blocks, chunk[PAD][picked].numpy())
-        window = slice(1, None) if self.embedding else slice(None, -1)
+        length = self.predictor.args.seq_length
+        window = slice(-length, None) if self.embedding else slice(None, length)
         return {name: np.ascontiguousarray(block[:, window]) for name, block in blocks.items()}
 
     def step(self, context: dict, sequences: np.ndarray) -> tuple[dict, dict, dict]:

@@ -114,10 +114,12 @@ def _check_columns(plan: InferPlan, args, data_metadata: Metadata, metadata_name
             )
         if kinds[name] != kind:
             plan.fail(f"column '{name}' is {kinds[name]} in the data ({metadata_name}), {kind} in the model")
-    if args.seq_length > data_metadata.seq_length:
+    width = args.seq_length + args.target_offset - 1  # the inputs and the item k steps after them
+    if width > data_metadata.seq_length:
+        ahead = f" and predicts {args.target_offset} steps ahead" if args.target_offset > 1 else ""
         plan.fail(
-            f"the model reads {args.seq_length} items, but the windows of {metadata_name} hold "
-            f"{data_metadata.seq_length}; preprocess with seq_length >= {args.seq_length}"
+            f"the model reads {args.seq_length} items{ahead}, but the windows of {metadata_name} hold "
+            f"{data_metadata.seq_length} + 1; preprocess with seq_length >= {width}"
         )
 
 
@@ -144,6 +146,12 @@ def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
                 f"sample_from_distribution_columns: '{name}' is not a categorical target written "
                 f"({', '.join(categorical) or 'none'})"
             )
+    if config["autoregression"] and args.target_offset > 1:
+        plan.fail(
+            f"autoregression: true, but the model predicts the item target_offset {args.target_offset} steps "
+            "ahead; autoregression feeds each prediction back as the next input item, which needs a model "
+            "of target_offset 1"
+        )
     if config["autoregression"]:
         missing = [name for name, *_ in args.input_columns if name not in targets]
         if missing:
@@ -203,7 +211,13 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
             "metadata these windows were written with (their values are then matched to the model's ids)"
         )
     windows = WindowSource.of(
-        data_metadata, data_path, config["read_format"], inputs, args.seq_length, metadata_name, remedy=remedy
+        data_metadata,
+        data_path,
+        config["read_format"],
+        inputs,
+        args.seq_length + args.target_offset - 1,
+        metadata_name,
+        remedy=remedy,
     )
     return ModelSetup(
         output_base(model_path),

@@ -31,6 +31,7 @@ class ModelArgs:
     positional_encoding: str = "learned"
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    target_offset: int = 1  # k: the model predicts the item k steps after each input item
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -213,7 +213,9 @@ class Trainer:
         no_sync = self.network.no_sync() if self.process.distributed and not last else nullcontext()
         with no_sync:
             with self._autocast():
-                outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
+                outputs = self.network(
+                    model_inputs(batch, self.config["input_columns"], self.device, self.objective.offset)
+                )
             losses = self.objective.losses(outputs, batch)
             self.scaler.scale(self.objective.total(losses) / group_size).backward()
         return losses
