@@ -134,10 +134,3 @@ class OutputDecoder:
     def real(self, column: str, values: np.ndarray) -> np.ndarray:
         mean, std = self.metadata.scale(column)
         return values.astype(np.float64) * std + mean
-
-
-def sample(probabilities: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-    """One class index per row, drawn from its distribution."""
-    cumulative = probabilities.cumsum(axis=1)
-    draws = generator.random(len(probabilities))[:, None] * cumulative[:, -1:]
-    return np.minimum((cumulative <= draws).sum(axis=1), probabilities.shape[1] - 1)

@@ -15,8 +15,9 @@ import numpy as np
 from sequifier.data.columns import FILE_NAME, POSITION, SEQUENCE, SUBSEQUENCE, plain_names
 from sequifier.data.window_files import PAD
 from sequifier.errors import NumericError
-from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
+from sequifier.infer.decode import DataTranslator, OutputDecoder
 from sequifier.infer.plan import ModelSetup
+from sequifier.infer.sampling import Sampler
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +34,7 @@ class ModelSteps:
             setup.data_metadata, setup.model_metadata, self.inputs, str(setup.data_path)
         )
         self.decoder = OutputDecoder(setup.model_metadata, config["map_to_id"])  # and back
-        self.generator = np.random.default_rng(config["seed"])  # the draws of the sampled targets
+        self.sampler = Sampler(config)  # the draws of the sampled targets (sampling.py)
         self.batch_size = config["inference_batch_size"]  # windows per forward pass
         self.embedding = predictor.description["kind"] == "embedding"
         targets = list(self.kinds)  # in file names by their names where they can be, else by position
@@ -113,7 +114,7 @@ class ModelSteps:
                 values[target], encoded[target] = self.decoder.real(target, out), out
                 continue
             probs = self.decoder.probabilities(target, out)
-            index = sample(probs, self.generator) if target in self.setup.sampled else probs.argmax(axis=1)
+            index = self.sampler.categorical(probs) if target in self.setup.sampled else probs.argmax(axis=1)
             values[target], encoded[target] = (
                 self.decoder.ids(target, index),
                 self.decoder.class_ids(target, index),
