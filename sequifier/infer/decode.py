@@ -134,3 +134,7 @@ class OutputDecoder:
     def real(self, column: str, values: np.ndarray) -> np.ndarray:
         mean, std = self.metadata.scale(column)
         return values.astype(np.float64) * std + mean
+
+    def real_std(self, column: str, stds: np.ndarray) -> np.ndarray:
+        """A standard deviation in the model's scale -> the data's: times the column's std only."""
+        return stds.astype(np.float64) * self.metadata.scale(column)[1]

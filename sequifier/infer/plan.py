@@ -144,11 +144,14 @@ def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
             "or set output_probabilities: false"
         )
     sampled = config["sample_from_distribution_columns"] or []
+    gaussian = [name for name in targets if name in args.gaussian_targets]  # real, with a distribution
     for name in sampled:
-        if name not in categorical:
+        if name not in categorical and name not in gaussian:
             plan.fail(
                 f"sample_from_distribution_columns: '{name}' is not a categorical target written "
-                f"({', '.join(categorical) or 'none'})"
+                f"({', '.join(categorical) or 'none'}) nor a real one with a predicted distribution "
+                f"({', '.join(gaussian) or 'none'}); a real target is sampled from the normal distribution "
+                "of a model trained with training_spec.criterion: {TARGET: GaussianNLLLoss}"
             )
     if sampled:
         sampling.check_columns(config, sampled, categorical, plan.fail)

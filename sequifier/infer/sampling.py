@@ -16,6 +16,20 @@ import numpy as np
 KEYS = ("temperature", "top_k", "top_p")
 
 
+def std_columns(written: list, gaussian: list, keys: tuple) -> dict:
+    """{target: the column its predicted standard deviation is written to}: `{target}_std`, with
+    one more leading `_` while that name is taken by a key column, a target written or another
+    such column, so it never collides."""
+    taken, found = {*keys, *written}, {}
+    for target in gaussian:
+        name = f"{target}_std"
+        while name in taken:
+            name = f"_{name}"
+        taken.add(name)
+        found[target] = name
+    return found
+
+
 def check_keys(config: dict, fail) -> None:
     """The sampling keys set without any column to sample are an error (they would do nothing)."""
     if config["sample_from_distribution_columns"]:

@@ -21,7 +21,7 @@ from sequifier.train.metrics import metrics_file
 from sequifier.train.optim import optimizer_class
 
 log = logging.getLogger(__name__)
-REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
+REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss", "GaussianNLLLoss")
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,11 @@ class TrainPlan:
             positional_encoding=spec["positional_encoding"],
             rope_theta=spec["rope_theta"],
             dropout=self.config["training_spec"]["dropout"],
+            gaussian_targets=tuple(
+                name
+                for name, loss in self.config["training_spec"]["criterion"].items()
+                if loss == "GaussianNLLLoss"
+            ),
         )
 
 
