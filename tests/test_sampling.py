@@ -130,6 +130,14 @@ BAD = {
         ["--set", "temperature=-0.5", "--set", "sample_from_distribution_columns=[itemId]"],
         "temperature",
     ),
+    "temperature inf": (
+        ["--set", "temperature=.inf", "--set", "sample_from_distribution_columns=[itemId]"],
+        "temperature: inf, but it must be a finite number >= 0",
+    ),
+    "top_p nan": (
+        ["--set", "top_p=.nan", "--set", "sample_from_distribution_columns=[itemId]"],
+        "top_p: nan, but it must be a number in (0, 1]",
+    ),
     "top_k without a sampled column": (
         ["--set", "top_k=3"],
         "top_k: 3, but sample_from_distribution_columns is empty",

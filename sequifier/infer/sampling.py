@@ -11,6 +11,8 @@ generator, so a seed gives the same draws, whether the model runs as a pt bundle
 The probabilities written (output_probabilities) are the model's own, untouched.
 """
 
+import math
+
 import numpy as np
 
 KEYS = ("temperature", "top_k", "top_p")
@@ -31,7 +33,11 @@ def std_columns(written: list, gaussian: list, keys: tuple) -> dict:
 
 
 def check_keys(config: dict, fail) -> None:
-    """The sampling keys set without any column to sample are an error (they would do nothing)."""
+    """Values the schema lets through that are no number (nan, inf), and the sampling keys set
+    without any column to sample (they would do nothing), are an error."""
+    for key, expected in (("temperature", "a finite number >= 0"), ("top_p", "a number in (0, 1]")):
+        if config.get(key) is not None and not math.isfinite(config[key]):
+            fail(f"{key}: {config[key]}, but it must be {expected}")
     if config["sample_from_distribution_columns"]:
         return
     for key in KEYS:
