@@ -15,8 +15,9 @@ import numpy as np
 from sequifier.data.columns import FILE_NAME, POSITION, SEQUENCE, SUBSEQUENCE, plain_names
 from sequifier.data.window_files import PAD
 from sequifier.errors import NumericError
-from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
+from sequifier.infer.decode import DataTranslator, OutputDecoder
 from sequifier.infer.plan import ModelSetup
+from sequifier.infer.sampling import Sampler, std_columns
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ class ModelSteps:
             setup.data_metadata, setup.model_metadata, self.inputs, str(setup.data_path)
         )
         self.decoder = OutputDecoder(setup.model_metadata, config["map_to_id"])  # and back
-        self.generator = np.random.default_rng(config["seed"])  # the draws of the sampled targets
+        self.sampler = Sampler(config)  # the draws of the sampled targets (sampling.py)
         self.batch_size = config["inference_batch_size"]  # windows per forward pass
         self.embedding = predictor.description["kind"] == "embedding"
+        gaussian = [name for name in setup.targets if name in predictor.args.gaussian_targets]
+        self.stds = std_columns(setup.targets, gaussian, (SEQUENCE, POSITION))  # {target: its std column}
         targets = list(self.kinds)  # in file names by their names where they can be, else by position
         self.file_names = dict(zip(targets, plain_names(targets, FILE_NAME, "target")))
         for target in self.setup.probabilities:
@@ -47,7 +50,8 @@ class ModelSteps:
         if self.embedding:
             dims = [str(i) for i in range(self.predictor.args.dim_model)]
             return [("embeddings", "embeddings", "embeddings", [SEQUENCE, SUBSEQUENCE, POSITION, *dims])]
-        found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *self.setup.targets])]
+        written = [column for name in self.setup.targets for column in (name, self.stds.get(name)) if column]
+        found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *written])]
         for target in self.setup.probabilities:
             names = [SEQUENCE, POSITION, *self.decoder.class_names(target)]
             suffix = f"{self.file_names[target]}-probabilities"
@@ -111,11 +115,17 @@ class ModelSteps:
         values, probabilities, encoded = {}, {}, {}
         for target in self.setup.targets:
             out = outputs[target]
+            if target in self.stds:  # [batch, 2]: the mean and the variance, in the model's scale
+                mean, variance = out[:, 0], out[:, 1]
+                item = self.sampler.real(mean, variance) if target in self.setup.sampled else mean
+                values[target], encoded[target] = self.decoder.real(target, item), item
+                values[self.stds[target]] = self.decoder.real_std(target, np.sqrt(variance))
+                continue
             if self.kinds[target] == "real":
                 values[target], encoded[target] = self.decoder.real(target, out), out
                 continue
             probs = self.decoder.probabilities(target, out)
-            index = sample(probs, self.generator) if target in self.setup.sampled else probs.argmax(axis=1)
+            index = self.sampler.categorical(probs) if target in self.setup.sampled else probs.argmax(axis=1)
             values[target], encoded[target] = (
                 self.decoder.ids(target, index),
                 self.decoder.class_ids(target, index),

@@ -16,6 +16,7 @@ from sequifier import config as stage_config
 from sequifier.data.metadata import Metadata
 from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
+from sequifier.infer import sampling
 from sequifier.model.export import find_export
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,7 @@ def _default_model(config: dict, source: str, root: Path) -> Path:
 
 def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
     config = copy.deepcopy(loaded)
+    sampling.check_keys(config, lambda message: _refuse(source, message))
     root = Path(config["project_root"])
     paths = config["model_path"]
     if paths is None:
@@ -89,6 +91,10 @@ def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
             f"{source}: autoregression_total_steps: null, but autoregression needs a number of steps"
         )
     return InferPlan(config, source, root, models, root / config["output_path"])
+
+
+def _refuse(source: str, message: str):
+    raise ConfigError(f"{source}: {message}")
 
 
 def output_base(model_path: Path) -> str:
@@ -140,11 +146,14 @@ def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
             "or set output_probabilities: false"
         )
     sampled = config["sample_from_distribution_columns"] or []
+    gaussian = [name for name in targets if name in args.gaussian_targets]  # real, with a distribution
     for name in sampled:
-        if name not in categorical:
+        if name not in categorical and name not in gaussian:
             plan.fail(
                 f"sample_from_distribution_columns: '{name}' is not a categorical target written "
-                f"({', '.join(categorical) or 'none'})"
+                f"({', '.join(categorical) or 'none'}) nor a real one with a predicted distribution "
+                f"({', '.join(gaussian) or 'none'}); a real target is sampled from the normal distribution "
+                "of a model trained with training_spec.criterion: {TARGET: GaussianNLLLoss}"
             )
     if config["autoregression"] and args.target_offset > 1:
         plan.fail(
@@ -152,6 +161,8 @@ def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
             "ahead; autoregression feeds each prediction back as the next input item, which needs a model "
             "of target_offset 1"
         )
+    if sampled:
+        sampling.check_columns(config, sampled, categorical, plan.fail)
     if config["autoregression"]:
         missing = [name for name, *_ in args.input_columns if name not in targets]
         if missing:

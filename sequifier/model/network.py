@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+VARIANCE_FLOOR = 1e-6  # the least variance a GaussianNLLLoss head predicts (softplus(raw) + floor)
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -32,6 +34,7 @@ class ModelArgs:
     rope_theta: float = 10000.0
     dropout: float = 0.0
     target_offset: int = 1  # k: the model predicts the item k steps after each input item
+    gaussian_targets: tuple = ()  # real targets whose head predicts a mean and a variance (GaussianNLLLoss)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -41,6 +44,7 @@ class ModelArgs:
         data = dict(data)
         data["input_columns"] = tuple(tuple(c) for c in data["input_columns"])
         data["target_columns"] = tuple(tuple(c) for c in data["target_columns"])
+        data["gaussian_targets"] = tuple(data.get("gaussian_targets", ()))
         return cls(**data)
 
 
@@ -164,7 +168,8 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """inputs {column: [batch, length]} -> outputs {target: [batch, length, classes] or [batch, length]}:
-    at every position, the prediction of the next item."""
+    at every position, the prediction of the next item; a target of `gaussian_targets` gives
+    [batch, length, 2]: its mean and its variance (softplus, at least VARIANCE_FLOOR)."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -177,8 +182,10 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(args) for _ in range(args.num_layers))
         self.final_norm = make_norm(args.normalization, args.dim_model)
         self.heads = nn.ModuleList(  # in target-column order
-            nn.Linear(args.dim_model, n_classes if kind == "categorical" else 1)
-            for _, kind, n_classes in args.target_columns
+            nn.Linear(
+                args.dim_model, n_classes if kind == "categorical" else 1 + (name in args.gaussian_targets)
+            )
+            for name, kind, n_classes in args.target_columns
         )
         self.apply(self._initialize)
 
@@ -205,7 +212,11 @@ class Transformer(nn.Module):
         outputs = {}
         for (name, kind, _), head in zip(self.args.target_columns, self.heads):
             out = head(hidden)
-            outputs[name] = out if kind == "categorical" else out.squeeze(-1)
+            if name in self.args.gaussian_targets:  # [..., 2]: the mean, and a positive variance
+                out = torch.stack((out[..., 0], F.softplus(out[..., 1]) + VARIANCE_FLOOR), dim=-1)
+            outputs[name] = (
+                out if kind == "categorical" or name in self.args.gaussian_targets else out.squeeze(-1)
+            )
         return outputs
 
     def forward(self, inputs: dict) -> dict:

@@ -121,6 +121,8 @@ class Evaluator:
                         ("last_value", last.float()),
                         ("training_prior", prior.expand_as(target)),
                     ):
+                        if objective.criteria[name] == "GaussianNLLLoss":  # the data's variance: 1
+                            guess = torch.stack((guess, torch.ones_like(guess)), dim=-1)
                         per_item = loss(guess, target.float(), reduction="none")
                         add(sums[kind][0], {name: objective.summed(name, per_item, target, mask)})
         found = {}

@@ -11,7 +11,18 @@ import torch.nn.functional as F
 from sequifier.data.columns import FIRST_ID
 from sequifier.data.window_files import SPLIT_START
 
-REAL_LOSSES = {"MSELoss": F.mse_loss, "L1Loss": F.l1_loss, "HuberLoss": F.huber_loss}
+
+def gaussian_nll(predicted: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """torch's GaussianNLLLoss (without its constant) of predictions [..., 2]: mean and variance."""
+    return F.gaussian_nll_loss(predicted[..., 0], target, predicted[..., 1], reduction=reduction)
+
+
+REAL_LOSSES = {
+    "MSELoss": F.mse_loss,
+    "L1Loss": F.l1_loss,
+    "HuberLoss": F.huber_loss,
+    "GaussianNLLLoss": gaussian_nll,
+}
 
 
 def model_inputs(batch: dict, columns, device, offset: int = 1) -> dict:

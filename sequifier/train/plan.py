@@ -21,7 +21,7 @@ from sequifier.train.metrics import metrics_file
 from sequifier.train.optim import optimizer_class
 
 log = logging.getLogger(__name__)
-REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
+REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss", "GaussianNLLLoss")
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,11 @@ class TrainPlan:
             rope_theta=spec["rope_theta"],
             dropout=self.config["training_spec"]["dropout"],
             target_offset=self.config["target_offset"],
+            gaussian_targets=tuple(
+                name
+                for name, loss in self.config["training_spec"]["criterion"].items()
+                if loss == "GaussianNLLLoss"
+            ),
         )
 
 
