@@ -31,6 +31,7 @@ class ModelArgs:
     positional_encoding: str = "learned"
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    objective: str = "causal"  # causal: attention to earlier items; masked: to all (bidirectional)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -58,14 +59,25 @@ class ColumnEncoders(nn.Module):
             nn.Embedding(n_classes, width) if kind == "categorical" else nn.Linear(1, width)
             for _, kind, n_classes, width in args.input_columns
         )
+        self.mask_vectors = nn.ParameterList(  # masked: the encoding of a masked (NaN) real value
+            nn.Parameter(torch.randn(width) * 0.02)
+            for _, kind, _, width in args.input_columns
+            if kind == "real" and args.objective == "masked"
+        )
         joint = sum(width for *_, width in args.input_columns)
         self.project = nn.Identity() if joint == args.dim_model else nn.Linear(joint, args.dim_model)
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        parts = []
+        parts, vectors = [], iter(self.mask_vectors)
         for (name, kind), encoder in zip(self.columns, self.encoders):
             values = inputs[name]
-            parts.append(encoder(values) if kind == "categorical" else encoder(values.unsqueeze(-1)))
+            if kind == "categorical":
+                parts.append(encoder(values))
+            elif len(self.mask_vectors):
+                masked = values.isnan().unsqueeze(-1)
+                parts.append(torch.where(masked, next(vectors), encoder(values.nan_to_num().unsqueeze(-1))))
+            else:
+                parts.append(encoder(values.unsqueeze(-1)))
         return self.project(torch.cat(parts, dim=-1))
 
 
@@ -100,7 +112,7 @@ class CausalSelfAttention(nn.Module):
         self.key_value = nn.Linear(args.dim_model, 2 * self.n_kv_heads * self.head_dim)
         self.out = nn.Linear(args.dim_model, args.dim_model)
         self.out.residual = True
-        self.dropout = args.dropout
+        self.dropout, self.causal = args.dropout, args.objective == "causal"
         self.rotary = (
             Rotary(self.head_dim, args.seq_length, args.rope_theta)
             if args.positional_encoding == "rope"
@@ -119,7 +131,7 @@ class CausalSelfAttention(nn.Module):
             repeat = self.n_head // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=not last)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal and not last)
         return self.out(y.transpose(1, 2).reshape(batch, queries.shape[1], dim))
 
 

@@ -83,6 +83,7 @@ class TrainPlan:
             positional_encoding=spec["positional_encoding"],
             rope_theta=spec["rope_theta"],
             dropout=self.config["training_spec"]["dropout"],
+            objective=self.config["objective"],
         )
 
 
