@@ -1,6 +1,8 @@
 """objective: masked: which items are chosen and how they are corrupted, bidirectional attention,
 exact resumption, fixed validation masks, and the errors of bad settings."""
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import made_project, run_cli
@@ -122,3 +124,84 @@ def test_bad_masking_settings_are_refused_naming_the_key(made, setting, expected
     result = run_cli("train", "--set", setting, "--set", "wandb.mode=disabled", cwd=made)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert expected in result.stderr and setting.split("=")[1] in result.stderr
+
+
+@pytest.fixture(scope="module")
+def masked_model(made):
+    """The walkthrough's project with a masked model (1 epoch), pt and ONNX, generative and embedding."""
+    sets = ["objective=masked", "model_name=mask", "training_spec.epochs=1", "wandb.mode=disabled"]
+    run_cli("train", *[a for s in sets for a in ("--set", s)], cwd=made, check=True)
+    return made
+
+
+def infer(project, *sets):
+    return run_cli("infer", *[a for s in sets for a in ("--set", s)], cwd=project)
+
+
+def test_a_masked_model_fills_in_the_masked_items_alike_in_pt_and_onnx(masked_model):
+    tables = {}
+    for suffix in ("pt", "onnx"):
+        out = f"fill-{suffix}"
+        model = f"model_path=models/sequifier-mask-best-1.{suffix}"
+        result = infer(masked_model, model, f"output_path={out}", "mask_positions=[-1, 0]")
+        assert result.returncode == 0, result.stderr
+        tables[suffix] = pd.read_csv(
+            masked_model / out / "predictions" / "sequifier-mask-best-predictions.csv"
+        )
+    pt, onnx = tables["pt"], tables["onnx"]
+    assert list(pt.columns) == ["sequenceId", "itemPosition", "itemId", "price"]
+    assert (pt.sequenceId == onnx.sequenceId).all() and (pt.itemPosition == onnx.itemPosition).all()
+    assert (pt.itemId == onnx.itemId).mean() > 0.99 and np.allclose(pt.price, onnx.price, atol=1e-3)
+    data = pd.read_csv(masked_model / "data" / "example.csv")
+    last = pt.groupby("sequenceId").itemPosition.max()  # every window's last item is filled in
+    assert (last == data.groupby("sequenceId").itemPosition.max()[last.index]).all()
+    items = set(zip(data.sequenceId, data.itemPosition))  # and its first, where it is no padding
+    assert set(zip(pt.sequenceId, pt.itemPosition)) <= items and len(pt) > 1.5 * pt.sequenceId.nunique()
+    assert set(pt.itemId) <= set(data.itemId)
+
+
+def test_a_masked_embedding_model_writes_every_item_or_the_mean(masked_model):
+    counts = {}
+    for pooling in ("positions", "mean"):
+        out = f"embed-{pooling}"
+        result = infer(
+            masked_model,
+            "model_path=models/sequifier-mask-best-embedding-1.onnx",
+            "model_type=embedding",
+            f"output_path={out}",
+            f"masked_embedding={pooling}",
+        )
+        assert result.returncode == 0, result.stderr
+        table = pd.read_csv(masked_model / out / "embeddings" / "sequifier-mask-best-embeddings.csv")
+        assert table.itemPosition.dtype == np.int64
+        assert list(table.columns[:3]) == ["sequenceId", "subsequenceId", "itemPosition"]
+        assert len(table.columns) == 3 + 32 and table.iloc[:, 3:].notna().all().all()
+        counts[pooling] = table
+    per_item, mean = counts["positions"], counts["mean"]
+    assert not per_item.duplicated(["sequenceId", "subsequenceId", "itemPosition"]).any()
+    assert len(mean) == len(per_item.groupby(["sequenceId", "subsequenceId"]))
+    one = per_item[
+        (per_item.sequenceId == mean.sequenceId[0]) & (per_item.subsequenceId == mean.subsequenceId[0])
+    ]
+    assert np.allclose(one.iloc[:, 3:].mean().to_numpy(), mean.iloc[0, 3:].to_numpy(dtype=float), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "sets, expected",
+    [
+        (["autoregression=true", "autoregression_total_steps=3"], "true, but the model is masked"),
+        (["mask_positions=[60]"], "mask_positions: 60 is outside the model's"),
+        (["model_path=models/sequifier-default-best-1.pt", "mask_positions=[-1]"], "the model is causal"),
+        (["model_path=models/sequifier-default-best-embedding-1.pt", "model_type=embedding",
+          "masked_embedding=mean"], "masked_embedding: mean, but the model is causal"),
+    ],
+)  # fmt: skip
+def test_settings_a_model_cannot_follow_are_refused(masked_model, sets, expected):
+    if "default" in sets[0] and not (masked_model / "models" / "sequifier-default-best-1.pt").exists():
+        run_cli("train", "--set", "training_spec.epochs=1", "--set", "wandb.mode=disabled", "--set",
+                "export_onnx=false", cwd=masked_model, check=True)  # fmt: skip
+    model = [] if "model_path" in sets[0] else ["model_path=models/sequifier-mask-best-1.pt"]
+    result = infer(masked_model, *model, *sets, "output_path=refused")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert expected in result.stderr
+    assert not (masked_model / "refused").exists() or not any((masked_model / "refused").rglob("*.csv"))

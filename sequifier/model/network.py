@@ -225,7 +225,8 @@ class Transformer(nn.Module):
 
 class GenerativeHead(nn.Module):
     """The export form: input tensors in input-column order -> the next item's outputs, one per
-    target in target order (class logits [batch, classes] or values [batch])."""
+    target in target order (class logits [batch, classes] or values [batch]); of a masked model,
+    the outputs of every position (the item there: [batch, length, classes] or [batch, length])."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -233,12 +234,15 @@ class GenerativeHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> tuple:
+        if self.model.args.objective == "masked":  # every position's item: [batch, length, ...]
+            return tuple(self.model.predict(self.model.hidden(dict(zip(self.names, inputs)))).values())
         hidden = self.model.hidden(dict(zip(self.names, inputs)), last_only=True)
         return tuple(out[:, 0] for out in self.model.predict(hidden).values())
 
 
 class EmbeddingHead(nn.Module):
-    """The export form: input tensors -> the final-norm hidden state of the last position."""
+    """The export form: input tensors -> the final-norm hidden state of the last position (of a
+    masked model: of every position)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -246,4 +250,6 @@ class EmbeddingHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.model.args.objective == "masked":  # every position's: [batch, length, dim_model]
+            return self.model.hidden(dict(zip(self.names, inputs)))
         return self.model.hidden(dict(zip(self.names, inputs)), last_only=True)[:, -1]
