@@ -3,6 +3,7 @@ causal model, seeing only the items before it, cannot."""
 
 import numpy as np
 import pandas as pd
+import pytest
 import yaml
 from conftest import run_cli
 
@@ -61,6 +62,7 @@ def chain_project(project, n_sequences: int = 200) -> None:
     (project.root / "configs" / "infer.yaml").write_text(yaml.safe_dump({"project_root": "."}))
 
 
+@pytest.mark.slow
 def test_masked_beats_causal_on_filling_in_a_middle_item(project):
     chain_project(project)
     masked, causal = fill_in_accuracy(project, "masked"), fill_in_accuracy(project, "causal")
