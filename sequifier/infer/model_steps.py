@@ -61,24 +61,25 @@ class ModelSteps:
     def encode(self, chunk: dict, rows: np.ndarray | None = None) -> dict:
         """The S items that the output of each window of a chunk (or of its `rows`) is computed from,
         in the model's encoding: the first S of the S + k read (the window's last item is the one
-        predicted, k = target_offset steps after them), or the last S for an embedding."""
+        predicted, k = target_offset steps after them), or the last S for an embedding and for a
+        masked model (its items 1..W, as in its training)."""
         picked = slice(None) if rows is None else rows
         blocks = {name: chunk[name][picked].numpy() for name in self.inputs}
         blocks = self.translate(blocks, chunk[PAD][picked].numpy())
-        length = self.predictor.args.seq_length
-        window = slice(-length, None) if self.embedding else slice(None, length)
+        length, masked = self.predictor.args.seq_length, self.predictor.args.objective == "masked"
+        window = slice(-length, None) if self.embedding or masked else slice(None, length)
         return {name: np.ascontiguousarray(block[:, window]) for name, block in blocks.items()}
 
     def step(self, context: dict, sequences: np.ndarray) -> tuple[dict, dict, dict]:
         """The next item of every context (of the sequences `sequences`): (values per target,
         probabilities per target asked for, the items in the model's encoding)."""
-        return self._decode(self._forward(context, sequences))
+        return self.decode(self.forward(context, sequences))
 
     def embed(self, context: dict, sequences: np.ndarray) -> np.ndarray:
         """The final hidden state of every context's last item: [batch, dim_model]."""
-        return self._forward(context, sequences)
+        return self.forward(context, sequences)
 
-    def _forward(self, context: dict, sequences: np.ndarray):
+    def forward(self, context: dict, sequences: np.ndarray):
         """The predictor over contexts of any number, in batches of batch_size; outputs that are
         not finite are an error (before anything of them is written)."""
         size, n = self.batch_size, len(next(iter(context.values())))
@@ -110,7 +111,7 @@ class ModelSteps:
             "was), or the data's real values lie far beyond those it was trained on"
         )
 
-    def _decode(self, outputs: dict) -> tuple[dict, dict, dict]:
+    def decode(self, outputs: dict) -> tuple[dict, dict, dict]:
         """Per target: a real value, or a class (argmax, or a draw for the sampled targets)."""
         values, probabilities, encoded = {}, {}, {}
         for target in self.setup.targets:

@@ -17,6 +17,7 @@ from sequifier.data.metadata import Metadata
 from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
 from sequifier.infer import sampling
+from sequifier.infer.masked import check_masked
 from sequifier.model.export import find_export
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
             f"infer_with_dropout: true, but {model_path} was exported without dropout; "
             "use the pt model, or train with export_with_dropout: true"
         )
+    check_masked(config, args, plan.fail)
     model_metadata = Metadata.from_dict(
         description["metadata"], f"the metadata of {model_path}", "train the model again"
     )

@@ -35,6 +35,7 @@ class ModelArgs:
     dropout: float = 0.0
     target_offset: int = 1  # k: the model predicts the item k steps after each input item
     gaussian_targets: tuple = ()  # real targets whose head predicts a mean and a variance (GaussianNLLLoss)
+    objective: str = "causal"  # causal: attention to earlier items; masked: to all (bidirectional)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -63,14 +64,25 @@ class ColumnEncoders(nn.Module):
             nn.Embedding(n_classes, width) if kind == "categorical" else nn.Linear(1, width)
             for _, kind, n_classes, width in args.input_columns
         )
+        self.mask_vectors = nn.ParameterList(  # masked: the encoding of a masked (NaN) real value
+            nn.Parameter(torch.randn(width) * 0.02)
+            for _, kind, _, width in args.input_columns
+            if kind == "real" and args.objective == "masked"
+        )
         joint = sum(width for *_, width in args.input_columns)
         self.project = nn.Identity() if joint == args.dim_model else nn.Linear(joint, args.dim_model)
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        parts = []
+        parts, vectors = [], iter(self.mask_vectors)
         for (name, kind), encoder in zip(self.columns, self.encoders):
             values = inputs[name]
-            parts.append(encoder(values) if kind == "categorical" else encoder(values.unsqueeze(-1)))
+            if kind == "categorical":
+                parts.append(encoder(values))
+            elif len(self.mask_vectors):
+                masked = values.isnan().unsqueeze(-1)
+                parts.append(torch.where(masked, next(vectors), encoder(values.nan_to_num().unsqueeze(-1))))
+            else:
+                parts.append(encoder(values.unsqueeze(-1)))
         return self.project(torch.cat(parts, dim=-1))
 
 
@@ -105,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         self.key_value = nn.Linear(args.dim_model, 2 * self.n_kv_heads * self.head_dim)
         self.out = nn.Linear(args.dim_model, args.dim_model)
         self.out.residual = True
-        self.dropout = args.dropout
+        self.dropout, self.causal = args.dropout, args.objective == "causal"
         self.rotary = (
             Rotary(self.head_dim, args.seq_length, args.rope_theta)
             if args.positional_encoding == "rope"
@@ -124,7 +136,7 @@ class CausalSelfAttention(nn.Module):
             repeat = self.n_head // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=not last)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal and not last)
         return self.out(y.transpose(1, 2).reshape(batch, queries.shape[1], dim))
 
 
@@ -225,7 +237,8 @@ class Transformer(nn.Module):
 
 class GenerativeHead(nn.Module):
     """The export form: input tensors in input-column order -> the next item's outputs, one per
-    target in target order (class logits [batch, classes] or values [batch])."""
+    target in target order (class logits [batch, classes] or values [batch]); of a masked model,
+    the outputs of every position (the item there: [batch, length, classes] or [batch, length])."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -233,12 +246,15 @@ class GenerativeHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> tuple:
+        if self.model.args.objective == "masked":  # every position's item: [batch, length, ...]
+            return tuple(self.model.predict(self.model.hidden(dict(zip(self.names, inputs)))).values())
         hidden = self.model.hidden(dict(zip(self.names, inputs)), last_only=True)
         return tuple(out[:, 0] for out in self.model.predict(hidden).values())
 
 
 class EmbeddingHead(nn.Module):
-    """The export form: input tensors -> the final-norm hidden state of the last position."""
+    """The export form: input tensors -> the final-norm hidden state of the last position (of a
+    masked model: of every position)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -246,4 +262,6 @@ class EmbeddingHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.model.args.objective == "masked":  # every position's: [batch, length, dim_model]
+            return self.model.hidden(dict(zip(self.names, inputs)))
         return self.model.hidden(dict(zip(self.names, inputs)), last_only=True)[:, -1]

@@ -21,7 +21,8 @@ import torch
 from sequifier.data.columns import FIRST_ID, OTHER_ID
 from sequifier.data.metadata import Metadata
 from sequifier.train import distributed
-from sequifier.train.objective import REAL_LOSSES, Objective, model_inputs
+from sequifier.train.masking import validation_seed
+from sequifier.train.objective import REAL_LOSSES, Objective
 
 BASELINES = ("last_value", "training_prior")
 
@@ -58,7 +59,9 @@ class Evaluator:
         self.weights = config["training_spec"]["loss_weights"]
 
     def batches(self):
+        """The split's batches in fixed order, the objective's draws (masks) reseeded for them."""
         rank, world = self.process.rank, self.process.world
+        self.objective.reseed(validation_seed(self.config["seed"]) + rank)
         return self.windows.batches(
             self.config["inference_batch_size"], shuffle=False, rank=rank, world=world
         )
@@ -72,8 +75,7 @@ class Evaluator:
         counts = {name: None for name in self.config["training_spec"]["class_share_log_columns"]}
         for batch in self.batches():
             with autocast():
-                inputs = model_inputs(batch, self.config["input_columns"], self.device, self.objective.offset)
-                outputs = model(inputs)
+                outputs = model(self.objective.inputs(batch, self.config["input_columns"], self.device))
             add(losses, self.objective.losses(outputs, batch))
             add(right, self.objective.correct(outputs, batch))
             for name in counts:
@@ -102,6 +104,7 @@ class Evaluator:
         sums = {kind: ({}, {}) for kind in BASELINES}
         objective, length, k = self.objective, self.objective.length, self.objective.offset
         for batch in self.batches():
+            objective.inputs(batch, self.config["input_columns"], self.device)  # the masks, if any
             mask = objective.mask(batch, self.device)
             for name in self.targets:
                 target = objective.targets_of(batch, name, self.device)

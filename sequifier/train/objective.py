@@ -55,6 +55,12 @@ class Objective:
             for name, w in (training_spec["class_weights"] or {}).items()
         }
 
+    def reseed(self, seed: int) -> None:
+        """Seed the objective's own draws (none here; see masking.py)."""
+
+    def inputs(self, batch: dict, columns, device) -> dict:
+        return model_inputs(batch, columns, device, self.offset)
+
     def mask(self, batch: dict, device) -> torch.Tensor:
         """[windows, prediction_length]: the targets that count (the window's own split's items)."""
         return target_mask(batch[SPLIT_START].to(device), self.seq_length, self.length, self.offset)

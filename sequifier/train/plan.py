@@ -90,6 +90,7 @@ class TrainPlan:
                 for name, loss in self.config["training_spec"]["criterion"].items()
                 if loss == "GaussianNLLLoss"
             ),
+            objective=self.config["objective"],
         )
 
 
@@ -241,6 +242,11 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     metadata = Metadata.load(metadata_path)
     config["metadata_config_path"] = os.path.relpath(metadata_path, root)  # as every path: relative to root
     _columns(config, metadata, fail)
+    if config["objective"] == "masked" and config["target_offset"] != 1:
+        fail(
+            f"objective: masked with target_offset: {config['target_offset']}: a masked model predicts the "
+            "items it reads (in place); use target_offset: 1, or objective: causal for k steps ahead"
+        )
     seq_length = _seq_length(config, metadata, metadata_path, fail)
     prediction_length = config["model_spec"]["prediction_length"] or seq_length
     if prediction_length > seq_length:

@@ -23,6 +23,7 @@ from sequifier.train import checkpoint, distributed, nonfinite
 from sequifier.train.boundaries import Boundaries
 from sequifier.train.datasets import open_windows
 from sequifier.train.evaluation import Evaluator, add, means, weighted_total
+from sequifier.train.masking import make_objective
 from sequifier.train.metrics import (
     baseline_rows,
     metric_columns,
@@ -31,7 +32,6 @@ from sequifier.train.metrics import (
     report_row,
     write_metrics,
 )
-from sequifier.train.objective import Objective, model_inputs
 from sequifier.train.optim import build_optimizer
 from sequifier.train.plan import TrainPlan
 from sequifier.train.progress import EpochRun, Progress
@@ -53,9 +53,8 @@ class Trainer:
         self.model = Transformer(plan.model_args()).to(self.device)
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
-        self.objective = Objective(
-            self.model.args, spec, plan.config["model_spec"]["prediction_length"], self.device
-        )
+        length = plan.config["model_spec"]["prediction_length"]
+        self.objective = make_objective(self.config, self.model.args, length, self.device)
         in_ram, buffer, readahead = (
             spec["load_full_data_to_ram"],
             spec["shuffle_buffer_size"],
@@ -161,7 +160,8 @@ class Trainer:
         for i, batch in enumerate(self._batches(run), start=self.progress.batches_done):
             group = self._group(i, run.batches)
             if i == group.start:
-                torch.manual_seed(self._group_seed(epoch, group.start))
+                torch.manual_seed(seed := self._group_seed(epoch, group.start))
+                self.objective.reseed(seed)  # the masks of a masked objective
                 group_sums = {}
             add(group_sums, self._micro_step(batch, len(group), last=i == group[-1]))
             run.windows += len(batch[PAD])
@@ -214,7 +214,7 @@ class Trainer:
         with no_sync:
             with self._autocast():
                 outputs = self.network(
-                    model_inputs(batch, self.config["input_columns"], self.device, self.objective.offset)
+                    self.objective.inputs(batch, self.config["input_columns"], self.device)
                 )
             losses = self.objective.losses(outputs, batch)
             self.scaler.scale(self.objective.total(losses) / group_size).backward()
