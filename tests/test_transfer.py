@@ -9,7 +9,9 @@ import torch
 import yaml
 from conftest import Project, run_cli
 
+from sequifier.errors import ConfigError
 from sequifier.model.export import load_bundle
+from sequifier.search import space as search
 
 N_VALUES = 8
 
@@ -156,3 +158,21 @@ def test_rope_has_no_positions_to_freeze(small):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
     assert "'positions' not a group" in line and "blocks.1, final_norm, heads, heads.item" in line
+
+
+def test_a_search_space_takes_init_from_and_freeze():
+    space = {"init_from": [None, "models/base.pt"], "training_spec.freeze": [[], ["blocks", "encoders"]]}
+    ids = search.run_ids(search.expand(space, "grid", None, 0, "search.yaml"))
+    configs = search.run_configs(ids, {}, "search.yaml", lambda name, point: {})
+    assert "init_from-models.base.pt_freeze-.blocks.encoders." in configs
+    chosen = configs["init_from-models.base.pt_freeze-.blocks.encoders."]
+    assert chosen["init_from"] == "models/base.pt" and chosen["training_spec"]["freeze"] == [
+        "blocks",
+        "encoders",
+    ]
+    with pytest.raises(ConfigError) as raised:
+        bad = search.run_ids(
+            search.expand({"training_spec.freeze": ["blocks"]}, "grid", None, 0, "search.yaml")
+        )
+        search.run_configs(bad, {}, "search.yaml", lambda name, point: {})
+    assert "training_spec.freeze: 'blocks' is not" in str(raised.value)
