@@ -36,11 +36,16 @@ RESERVED = 3  # ids 0-2 (padding, other, mask) mean the same in every id map
 def read_source(path: Path) -> tuple:
     """(model arguments, weights, metadata as a dict) of a pt bundle or a training checkpoint."""
     if not path.is_file():
-        raise DataError(f"init_from: {path}: no such file (a pt model bundle or a training checkpoint)")
+        raise DataError(
+            f"init_from: {path}: not a file (expected a pt model bundle or a training checkpoint)"
+        )
     try:
         state = checkpoint.load(path)
     except DataError:  # not a checkpoint: a bundle, or neither (read_bundle says what is wrong)
-        state = read_bundle(path)
+        try:
+            state = read_bundle(path)
+        except DataError as error:
+            raise DataError(f"init_from: {error} (a pt model bundle or a training checkpoint)") from None
         return ModelArgs.from_dict(state["model_args"]), state["state_dict"], state["metadata"]
     return ModelArgs.from_dict(state["model_args"]), state["model"], state.get("metadata") or {}
 
