@@ -107,10 +107,13 @@ class Transfer:
         for name, kind, _ in new.target_columns:
             if name in old_targets and old_targets[name] != kind:
                 self.mismatches.append(f"target column '{name}': {old_targets[name]} in {path}, {kind} here")
+        self._refuse()
+
+    def _refuse(self) -> None:
         if self.mismatches:
             raise ConfigError(
-                f"init_from: {path} cannot start this model: {'; '.join(self.mismatches)}; set init_from "
-                "to a model of the same structure, or change the config to match it"
+                f"init_from: {self.path} cannot start this model: {'; '.join(self.mismatches)}; set "
+                "init_from to a model of the same structure, or change the config to match it"
             )
 
     @staticmethod
@@ -122,7 +125,10 @@ class Transfer:
         both id maps know (categorical, id maps that differ)."""
         old_map, new_map = self.old_maps.get(column), self.new_maps.get(column)
         if kind != "categorical" or old_map == new_map and target.shape == source.shape:
-            target.copy_(source)
+            self._copy(f"{what} '{column}'", target, source)
+            return
+        if target.shape[1:] != source.shape[1:]:
+            self._copy(f"{what} '{column}'", target, source)  # a mismatch, named
             return
         new_rows, old_rows = _value_rows(old_map or {}, new_map or {})
         target[new_rows] = source[old_rows]
@@ -168,9 +174,22 @@ class Transfer:
         for key, value in state.items():
             if key.startswith(("encoders.", "heads.")):
                 continue
+            if key not in weights:
+                self.notes.append(f"{key}: not in the source model, fresh")
+                continue
             source = weights[key]
-            value.copy_(source[: value.shape[0]] if key == "positions.weight" else source)
+            self._copy(key, value, source[: value.shape[0]] if key == "positions.weight" else source)
+        self._refuse()
         model.load_state_dict(state)
+
+    def _copy(self, what: str, target: torch.Tensor, source: torch.Tensor) -> None:
+        """target <- source, or a mismatch noted when their shapes differ."""
+        if target.shape == source.shape:
+            target.copy_(source)
+        else:
+            self.mismatches.append(
+                f"{what}: weights of shape {tuple(source.shape)} in {self.path}, {tuple(target.shape)} here"
+            )
 
     def _project(self, state: dict, weights: dict) -> None:
         """The projection of the joint embedding: the columns of each input column known to both."""
@@ -199,7 +218,7 @@ def init_from(model: Transformer, path: Path, metadata: dict) -> None:
     transfer.check()
     transfer.apply(model, weights)
     log.info("init_from %s: the weights of the model taken (optimizer fresh)", path)
-    for note in transfer.notes:
+    for note in dict.fromkeys(transfer.notes):  # once each (a weight and its bias)
         log.info("init_from: %s", note)
 
 
