@@ -3,10 +3,11 @@
 A model pretrained on a large data set of an order-2 Markov chain is fine-tuned on a small data set
 of a related chain (each row of the first mixed with a fresh Dirichlet row), with its blocks frozen
 (`training_spec.freeze: [blocks]`) and without; the same epochs from scratch are the baseline. Then,
-on the large data set, windows/s of one epoch with the blocks frozen against one of plain training,
-taking turns. Every run is a whole `sequifier train` process; see benchmarks/README.md.
+on the large data set, windows/s of one epoch with the blocks frozen (and with the encoders frozen
+too: no backward pass through the blocks) against one of plain training, taking turns. Every run
+is a whole `sequifier train` process; see benchmarks/README.md.
 
-    python benchmarks/finetune.py            # ~4 min on 2 cores
+    python benchmarks/finetune.py            # ~4 min on 2 idle cores
 """
 
 import argparse
@@ -90,9 +91,11 @@ def main() -> None:
     for label, curve in losses.items():
         print(f"| {label} | {curve[0]:.4f} | {curve[-1]:.4f} | {curve[-1] / scratch:.3f} |")
 
-    rates = {"plain": [], "blocks frozen": []}
+    frozen = {"plain": [], "blocks frozen": ["blocks"], "encoders and blocks frozen": ["encoders", "blocks"]}
+    rates = {label: [] for label in frozen}
     for _ in range(args.repeats):
-        for label, settings in (("plain", {}), ("blocks frozen", {"training_spec.freeze": ["blocks"]})):
+        for label, groups in frozen.items():
+            settings = {"training_spec.freeze": groups} if groups else {}
             one = {"training_spec.epochs": 1, "init_from": str(pretrained), **settings}
             rows = train(args.out / "large", large, "speed", **one)
             rates[label].append(float(rows[-1]["windows_per_s"]))
