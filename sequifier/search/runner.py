@@ -70,8 +70,14 @@ class Search:
             status=self.folder / "runs" / f"{name}.status.json",
             log=self.folder / "logs" / f"{name}.log",
             threads=threads,
-            inputs=[self.config_path(name)],
+            inputs=[self.config_path(name), *self._init_from(name)],
         )
+
+    def _init_from(self, name: str) -> list:
+        """The model a run starts from (init_from), when it is there: a new one trains the run again."""
+        resolved = self.configs[name]
+        source = Path(resolved["project_root"]) / resolved["init_from"] if resolved["init_from"] else None
+        return [source] if source is not None and source.is_file() else []
 
     def finished(self, name: str) -> bool:
         """Whether the run is done with its config as it is now."""

@@ -9,13 +9,14 @@ import contextlib
 import copy
 import logging
 import os
+from pathlib import Path
 
 import torch
 
 from sequifier.files import locked, remove
 from sequifier.model import export
 from sequifier.model.network import Transformer
-from sequifier.train import checkpoint, distributed
+from sequifier.train import checkpoint, distributed, transfer
 from sequifier.train.plan import TrainPlan, make_train_plan
 from sequifier.train.tracking import Tracker
 from sequifier.train.trainer import Trainer
@@ -101,6 +102,9 @@ def run(loaded: dict, source: str = "train config") -> dict:
         if latest is not None:
             trainer.resume(latest)
         handler = _log_to_file(plan) if process.main else None
+        if latest is None and plan.config["init_from"]:  # a resumed fine-tuning has its checkpoint
+            source = Path(plan.config["project_root"]) / plan.config["init_from"]
+            transfer.init_from(trainer.model, source, plan.metadata.to_dict())
         log.info(
             "training %s: %d parameters, %d training and %d validation windows, %d process(es)",
             plan.name,

@@ -37,6 +37,7 @@ from sequifier.train.plan import TrainPlan
 from sequifier.train.progress import EpochRun, Progress
 from sequifier.train.schedules import RunLength, build_schedule
 from sequifier.train.tracking import Tracker
+from sequifier.train.transfer import freeze
 
 log = logging.getLogger(__name__)
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,6 +52,7 @@ class Trainer:
         self.device = process.device
         torch.manual_seed(self.config["seed"])
         self.model = Transformer(plan.model_args()).to(self.device)
+        freeze(self.model, spec["freeze"], plan.source)  # before the optimizer: it holds what trains
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
         length = plan.config["model_spec"]["prediction_length"]

@@ -1,0 +1,259 @@
+"""Fine-tuning: a training that starts from another model's weights (`init_from`), and the parts
+of the model that do not train (`training_spec.freeze`).
+
+`init_from` names a pt bundle (as exported) or a training checkpoint. The new model takes its
+weights where they fit: the blocks, the final norm and the positions must have the same shapes
+(`STRUCTURE`), while input encoders and heads are matched by column name. A column that is new
+gets a fresh encoder or head; a categorical column whose id map changed (a grown vocabulary) takes
+the rows of the values both id maps know, matched by value, and fresh rows for the others; the log
+says which. What cannot be bridged (another dim_model, an input column the model read and this
+run does not, a column of another type, ...) is one ConfigError that names every mismatch. The
+optimizer starts fresh; a resumed run (continue_training) takes its checkpoint instead.
+
+`freeze` names groups of the network (`groups`): their weights take no gradient, no weight decay
+and are not in the optimizer.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sequifier.errors import ConfigError, DataError
+from sequifier.model.export import read_bundle
+from sequifier.model.network import ModelArgs, Transformer
+from sequifier.train import checkpoint
+
+log = logging.getLogger(__name__)
+STRUCTURE = (
+    "dim_model", "n_head", "n_kv_heads", "dim_feedforward", "num_layers", "activation_fn",
+    "normalization", "norm_first", "positional_encoding",
+)  # fmt: skip
+RESERVED = 3  # ids 0-2 (padding, other, mask) mean the same in every id map
+
+
+def read_source(path: Path) -> tuple:
+    """(model arguments, weights, metadata as a dict) of a pt bundle or a training checkpoint."""
+    if not path.is_file():
+        raise DataError(
+            f"init_from: {path}: not a file (expected a pt model bundle or a training checkpoint)"
+        )
+    try:
+        state = checkpoint.load(path)
+    except DataError:  # not a checkpoint: a bundle, or neither (read_bundle says what is wrong)
+        try:
+            state = read_bundle(path)
+        except DataError as error:
+            raise DataError(f"init_from: {error} (a pt model bundle or a training checkpoint)") from None
+        return ModelArgs.from_dict(state["model_args"]), state["state_dict"], state["metadata"]
+    return ModelArgs.from_dict(state["model_args"]), state["model"], state.get("metadata") or {}
+
+
+def _value_rows(old_map: dict, new_map: dict) -> tuple:
+    """(rows of the new id map, rows of the old one) of the reserved ids and the values both know."""
+    new_rows, old_rows = list(range(RESERVED)), list(range(RESERVED))
+    for value, new_id in new_map.items():
+        if value in old_map:
+            new_rows.append(new_id)
+            old_rows.append(old_map[value])
+    return torch.tensor(new_rows), torch.tensor(old_rows)
+
+
+class Transfer:
+    """The weights of a source model carried over to a new one, and what was done to each part."""
+
+    def __init__(self, path: Path, old: ModelArgs, new: ModelArgs, old_metadata: dict, new_metadata: dict):
+        self.path, self.old, self.new = path, old, new
+        self.old_maps, self.new_maps = old_metadata.get("id_maps", {}), new_metadata.get("id_maps", {})
+        self.mismatches, self.notes = [], []
+
+    def check(self) -> None:
+        """Every mismatch that cannot be bridged, in one ConfigError."""
+        old, new, path = self.old, self.new, self.path
+        for name in STRUCTURE:
+            if getattr(old, name) != getattr(new, name):
+                self.mismatches.append(
+                    f"model_spec.{name}: {getattr(old, name)!r} in {path}, {getattr(new, name)!r} here"
+                )
+        if new.positional_encoding == "learned" and new.seq_length > old.seq_length:
+            self.mismatches.append(
+                f"seq_length: {new.seq_length} is longer than the {old.seq_length} positions learned"
+                f" in {path}"
+            )
+        old_inputs = {name: rest for name, *rest in old.input_columns}
+        new_inputs = {name: rest for name, *rest in new.input_columns}
+        for name, (kind, _, width) in old_inputs.items():
+            if name not in new_inputs:
+                self.mismatches.append(
+                    f"input_columns: '{name}', an input column of {path}, is not one here "
+                    f"({', '.join(new_inputs)})"
+                )
+            elif new_inputs[name][0] != kind:
+                self.mismatches.append(f"column '{name}': {kind} in {path}, {new_inputs[name][0]} here")
+            elif new_inputs[name][2] != width:
+                self.mismatches.append(
+                    f"model_spec.feature_embedding_dims.{name}: {width} in {path}, {new_inputs[name][2]} here"
+                )
+        added = [name for name in new_inputs if name not in old_inputs]
+        projected = [self._joint(args) != args.dim_model for args in (old, new)]
+        if added and not all(projected):
+            self.mismatches.append(
+                f"input_columns: {', '.join(map(repr, added))} new; a new input column needs the joint "
+                "embedding projected to dim_model in both models (model_spec.joint_embedding_dim, the sum "
+                f"of the widths, other than dim_model: {self._joint(old)} in {path}, {self._joint(new)} here)"
+            )
+        old_targets = {name: kind for name, kind, _ in old.target_columns}
+        for name, kind, _ in new.target_columns:
+            if name in old_targets and old_targets[name] != kind:
+                self.mismatches.append(f"target column '{name}': {old_targets[name]} in {path}, {kind} here")
+        self._refuse()
+
+    def _refuse(self) -> None:
+        if self.mismatches:
+            raise ConfigError(
+                f"init_from: {self.path} cannot start this model: {'; '.join(self.mismatches)}; set "
+                "init_from to a model of the same structure, or change the config to match it"
+            )
+
+    @staticmethod
+    def _joint(args: ModelArgs) -> int:
+        return sum(width for *_, width in args.input_columns)
+
+    def _rows(self, kind: str, what: str, column: str, target: torch.Tensor, source: torch.Tensor) -> None:
+        """Copy `source` into `target` (weights of one column): whole, or the rows of the values
+        both id maps know (categorical, id maps that differ)."""
+        old_map, new_map = self.old_maps.get(column), self.new_maps.get(column)
+        if kind != "categorical" or old_map == new_map and target.shape == source.shape:
+            self._copy(f"{what} '{column}'", target, source)
+            return
+        if target.shape[1:] != source.shape[1:]:
+            self._copy(f"{what} '{column}'", target, source)  # a mismatch, named
+            return
+        new_rows, old_rows = _value_rows(old_map or {}, new_map or {})
+        target[new_rows] = source[old_rows]
+        fresh = len(new_map or {}) - (len(new_rows) - RESERVED)
+        self.notes.append(
+            f"{what} '{column}': the rows of {len(new_rows) - RESERVED} values matched by value, "
+            f"{fresh} new value(s) fresh"
+        )
+
+    def apply(self, model: Transformer, weights: dict) -> None:
+        """Fill the new model's weights from the source's, as `check` allows."""
+        state = {key: value.clone() for key, value in model.state_dict().items()}
+        device = next(iter(state.values())).device
+        weights = {key: value.to(device) for key, value in weights.items()}
+        old_inputs = {name: (i, kind) for i, (name, kind, *_) in enumerate(self.old.input_columns)}
+        for i, (name, kind, *_) in enumerate(self.new.input_columns):
+            if name not in old_inputs:
+                self.notes.append(f"encoder of input column '{name}': new column, fresh")
+                continue
+            j = old_inputs[name][0]
+            for part in ("weight", "bias"):
+                key = f"encoders.encoders.{i}.{part}"
+                if key in state:
+                    self._rows(
+                        kind,
+                        "encoder of input column",
+                        name,
+                        state[key],
+                        weights[f"encoders.encoders.{j}.{part}"],
+                    )
+        self._project(state, weights)
+        old_targets = {name: i for i, (name, *_) in enumerate(self.old.target_columns)}
+        for i, (name, kind, _) in enumerate(self.new.target_columns):
+            if name not in old_targets:
+                self.notes.append(f"head of target '{name}': new target, fresh")
+                continue
+            for part in ("weight", "bias"):
+                key, source = f"heads.{i}.{part}", weights[f"heads.{old_targets[name]}.{part}"]
+                self._rows(kind, "head of target", name, state[key], source)
+        unused = [name for name in old_targets if name not in {n for n, *_ in self.new.target_columns}]
+        if unused:
+            self.notes.append(f"not used: the head(s) of {', '.join(map(repr, unused))}, not a target here")
+        for key, value in state.items():
+            if key.startswith(("encoders.", "heads.")):
+                continue
+            if key not in weights:
+                self.notes.append(f"{key}: not in the source model, fresh")
+                continue
+            source = weights[key]
+            self._copy(key, value, source[: value.shape[0]] if key == "positions.weight" else source)
+        self._refuse()
+        model.load_state_dict(state)
+
+    def _copy(self, what: str, target: torch.Tensor, source: torch.Tensor) -> None:
+        """target <- source, or a mismatch noted when their shapes differ."""
+        if target.shape == source.shape:
+            target.copy_(source)
+        else:
+            self.mismatches.append(
+                f"{what}: weights of shape {tuple(source.shape)} in {self.path}, {tuple(target.shape)} here"
+            )
+
+    def _project(self, state: dict, weights: dict) -> None:
+        """The projection of the joint embedding: the columns of each input column known to both."""
+        if "encoders.project.weight" not in state:
+            return
+        target, source = state["encoders.project.weight"], weights["encoders.project.weight"]
+        if target.shape == source.shape and self.old.input_columns == self.new.input_columns:
+            target.copy_(source)
+        else:
+            starts, start = {}, 0
+            for name, *_, width in self.old.input_columns:
+                starts[name], start = start, start + width
+            start = 0
+            for name, *_, width in self.new.input_columns:
+                if name in starts:
+                    target[:, start : start + width] = source[:, starts[name] : starts[name] + width]
+                start += width
+        state["encoders.project.bias"].copy_(weights["encoders.project.bias"])
+
+
+@torch.no_grad()
+def init_from(model: Transformer, path: Path, metadata: dict) -> None:
+    """Start `model` (of the data described by `metadata`) from the weights of the model at `path`."""
+    old_args, weights, old_metadata = read_source(path)
+    transfer = Transfer(path, old_args, model.args, old_metadata, metadata)
+    transfer.check()
+    transfer.apply(model, weights)
+    log.info("init_from %s: the weights of the model taken (optimizer fresh)", path)
+    for note in dict.fromkeys(transfer.notes):  # once each (a weight and its bias)
+        log.info("init_from: %s", note)
+
+
+def groups(model: Transformer) -> dict:
+    """The groups of the network that `freeze` names, and their modules."""
+    found = {"encoders": model.encoders}
+    if model.positions is not None:
+        found["positions"] = model.positions
+    found["blocks"] = model.blocks
+    found |= {f"blocks.{i}": block for i, block in enumerate(model.blocks)}
+    found["final_norm"] = model.final_norm
+    found["heads"] = model.heads
+    found |= {f"heads.{name}": head for (name, *_), head in zip(model.args.target_columns, model.heads)}
+    return found
+
+
+def freeze(model: Transformer, names: list, source: str) -> None:
+    """Frozen: the weights of the groups named take no gradient (so no weight decay, and the
+    optimizer leaves them out). An unknown group, or one that leaves nothing to train, is an error."""
+    if not names:
+        return
+    found = groups(model)
+    unknown = [name for name in names if name not in found]
+    if unknown:
+        raise ConfigError(
+            f"{source}: training_spec.freeze: {', '.join(map(repr, unknown))} not a group of this model; "
+            f"its groups: {', '.join(found)}"
+        )
+    for name in names:
+        module: nn.Module = found[name]
+        module.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if not trainable:
+        raise ConfigError(
+            f"{source}: training_spec.freeze: {names} freezes every weight of the model; nothing would train"
+        )
+    total = sum(p.numel() for p in model.parameters())
+    log.info("frozen: %s (%d of %d weights train)", ", ".join(names), trainable, total)
