@@ -130,23 +130,6 @@ def test_a_k_step_model_learns_the_k_step_distribution_of_a_markov_chain(project
     assert not (project.root / "short").exists()
 
 
-def train_in_process(project: Project, name: str, **overrides) -> dict:
-    from sequifier import config
-    from sequifier.train import run
-
-    values = {
-        "project_root": str(project.root),
-        "model_name": name,
-        "metadata_config_path": "configs/metadata_configs/table.json",
-        "target_columns": ["item", "price"],
-        "export_onnx": False,
-        "wandb": {"mode": "disabled"},
-        "model_spec": {"dim_model": 16, "n_head": 2, "dim_feedforward": 16, "num_layers": 1},
-        "training_spec": {"epochs": 1, "batch_size": 16, "learning_rate": 0.01},
-    }
-    return run(config.resolve("train", values, "test config", overrides))
-
-
 @pytest.mark.parametrize("offset, seq_length", [(2, None), (3, 2)])
 def test_validation_counts_only_validation_targets_k_steps_ahead(project, offset, seq_length):
     from losses_by_hand import counted, losses_by_hand, read_windows
@@ -157,7 +140,7 @@ def test_validation_counts_only_validation_targets_k_steps_ahead(project, offset
     table = sequences_table(n_sequences=30, min_length=5, max_length=30)
     project.write_data(table)
     metadata = project.preprocess(seq_length=W, split_ratios=ratios, stride_by_split=[1, 2, 2])
-    train_in_process(project, "k", target_offset=offset, seq_length=seq_length)
+    project.train_in_process("k", target_offset=offset, seq_length=seq_length)
     model, bundle = load_bundle(project.root / "models" / "sequifier-k-last-1.pt")
     length = W + 1 - offset if seq_length is None else seq_length  # null: the longest that fits
     assert bundle["config"]["seq_length"] == length and bundle["model_args"]["target_offset"] == offset
