@@ -75,6 +75,19 @@ def test_a_share_of_the_own_items_is_chosen_and_80_10_10_masked_random_kept():
     assert torch.equal(mask, chosen)
 
 
+def test_every_window_has_a_chosen_item_however_small_the_probability():
+    objective = MaskedObjective(ARGS, SPEC, 1e-9, torch.device("cpu"))
+    objective.reseed(5)
+    batch = a_batch(windows=50, context=40)  # items 40..50 of each window are its own
+    batch[SPLIT_START][:5] = 51  # windows without an item of their own split: nothing to choose
+    objective.inputs(batch, ["item", "price"], torch.device("cpu"))
+    chosen = batch[CHOSEN]
+    assert chosen[5:].sum(1).tolist() == [1] * 45 and not chosen[:5].any()
+    assert not chosen[:, :39].any()
+    total, count = objective.losses({"item": torch.zeros(50, 50, 20)}, batch)["item"]
+    assert count == 45 and torch.isfinite(total / count)
+
+
 def test_masked_attention_sees_later_items_and_causal_does_not():
     torch.manual_seed(0)
     inputs = {"item": torch.randint(FIRST_ID, 20, (1, 50)), "price": torch.rand(1, 50)}

@@ -3,7 +3,8 @@ attention.
 
 A window's inputs are its items 1..W (the items the causal objective predicts), so every window
 has at least one item of its own split. Per window, a share (`masking_probability`) of the items
-of the window's own split (never padding, never context from an earlier split) is chosen; of
+of the window's own split (never padding, never context from an earlier split) is chosen, at
+least one per window; of
 those, 80% become the mask (categorical: the reserved id MASK_ID; real: NaN, which the model's
 encoder replaces by a learned mask vector of the column), 10% a random value (categorical: an
 ordinary id; real: the value of a random item of the batch) and 10% stay as they are. The loss
@@ -34,6 +35,17 @@ def own_items(split_start: torch.Tensor, seq_length: int) -> torch.Tensor:
     """[windows, seq_length]: which of a window's items 1..W are of its own split."""
     slots = torch.arange(1, seq_length + 1, device=split_start.device)
     return slots.unsqueeze(0) >= split_start.unsqueeze(1).long()
+
+
+def at_least_one(own: torch.Tensor, chosen: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """`chosen` with one of its own items chosen at random in every window that has own items but
+    none chosen: each window counts in the loss, and a small masking_probability never leaves a
+    batch, or a whole validation, without a target."""
+    scores = torch.rand(own.shape, generator=generator).masked_fill(~own, -1.0)
+    lacking = own.any(1) & ~chosen.any(1)
+    extra = torch.zeros_like(chosen)
+    extra[torch.arange(len(own)), scores.argmax(1)] = True
+    return chosen | (extra & lacking.unsqueeze(1))
 
 
 def corrupt(items: dict, columns, chosen: torch.Tensor, generator: torch.Generator) -> dict:
@@ -71,7 +83,8 @@ class MaskedObjective(Objective):
         """The window's items 1..W, corrupted; the chosen items noted in the batch (for the loss)."""
         items = {name: batch[name][:, 1:].cpu() for name in columns}
         own = own_items(batch[SPLIT_START].cpu(), self.seq_length)
-        chosen = own & (torch.rand(own.shape, generator=self.generator) < self.probability)
+        drawn = own & (torch.rand(own.shape, generator=self.generator) < self.probability)
+        chosen = at_least_one(own, drawn, self.generator)
         batch[CHOSEN] = chosen
         corrupted = corrupt(items, [c for c in self.columns if c[0] in items], chosen, self.generator)
         return {name: value.to(device, non_blocking=True) for name, value in corrupted.items()}
