@@ -22,10 +22,16 @@ def made(tmp_path_factory):
     return made_project(tmp_path_factory.mktemp("signals"))
 
 
-def terminated(process, code=143, number=signal.SIGTERM) -> str:
-    """SIGTERM to a paused process, then let it handle it; returns its stderr."""
+def terminated(process, code=143, number=signal.SIGTERM, resumed=()) -> str:
+    """SIGTERM to a paused process, then let it (and the paused processes `resumed`) go on and
+    handle it; returns its stderr."""
     process.send_signal(number)
     process.send_signal(signal.SIGCONT)
+    for pid in resumed:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
     stderr = process.communicate(timeout=300)[1]
     assert process.returncode == code, stderr
     assert "Traceback" not in stderr, stderr
@@ -33,9 +39,10 @@ def terminated(process, code=143, number=signal.SIGTERM) -> str:
 
 
 def long_config(made) -> list:
-    """A table that takes 2 workers a few seconds; the arguments that preprocess it."""
+    """A table that takes 2 workers several seconds (a signal finds them at work); the arguments that
+    preprocess it."""
     if not (made / "configs" / "long.yaml").exists():
-        made.joinpath("data", "long.csv").write_text(sequences_table(4000, 20, 60).to_csv(index=False))
+        made.joinpath("data", "long.csv").write_text(sequences_table(20000, 20, 60).to_csv(index=False))
         config = yaml.safe_load((made / "configs" / "preprocess.yaml").read_text())
         config.update(data_path="data/long.csv", selected_columns=None, continue_preprocessing=True)
         config.update(n_cores=2, n_partitions=8)
@@ -56,7 +63,9 @@ def test_sigterm_ends_the_preprocess_workers_and_continue_preprocessing_resumes(
         time.sleep(0.01)
     process.send_signal(signal.SIGSTOP)
     workers = [pid for pid, _ in descendants(process.pid)]
-    stderr = terminated(process)
+    for pid in workers:  # paused too, so that the work cannot end before the signal is handled
+        os.kill(pid, signal.SIGSTOP)
+    stderr = terminated(process, resumed=workers)
     assert (
         "stopped: the worker processes are ended" in stderr
         and "continue_preprocessing: true resumes" in stderr
