@@ -59,7 +59,7 @@ def test_a_share_of_the_own_items_is_chosen_and_80_10_10_masked_random_kept():
     unchosen = ~chosen
     assert torch.equal(inputs["item"][unchosen], item[unchosen])
     assert torch.equal(inputs["price"][unchosen], price[unchosen])
-    changed = (inputs["price"] != price) & ~masked  # replaced by a random item of the batch
+    changed = (inputs["price"] != price) & ~masked  # replaced by a random item of the window
     assert abs(changed[chosen].float().mean().item() - 0.1) < 0.03
     assert (inputs["item"][changed] >= FIRST_ID).all()
     again = MaskedObjective(ARGS, SPEC, 0.15, torch.device("cpu"))

@@ -21,7 +21,6 @@ import torch
 from sequifier.data.columns import FIRST_ID, OTHER_ID
 from sequifier.data.metadata import Metadata
 from sequifier.train import distributed
-from sequifier.train.masking import validation_seed
 from sequifier.train.objective import REAL_LOSSES, Objective
 
 BASELINES = ("last_value", "training_prior")
@@ -59,9 +58,9 @@ class Evaluator:
         self.weights = config["training_spec"]["loss_weights"]
 
     def batches(self):
-        """The split's batches in fixed order, the objective's draws (masks) reseeded for them."""
+        """The split's batches in fixed order; the objective's draws (masks) made per window."""
         rank, world = self.process.rank, self.process.world
-        self.objective.reseed(validation_seed(self.config["seed"]) + rank)
+        self.objective.reseed(None)
         return self.windows.batches(
             self.config["inference_batch_size"], shuffle=False, rank=rank, world=world
         )

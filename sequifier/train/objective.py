@@ -55,8 +55,8 @@ class Objective:
             for name, w in (training_spec["class_weights"] or {}).items()
         }
 
-    def reseed(self, seed: int) -> None:
-        """Seed the objective's own draws (none here; see masking.py)."""
+    def reseed(self, seed: int | None) -> None:
+        """Seed the objective's own draws, None: per window (none here; see masking.py)."""
 
     def inputs(self, batch: dict, columns, device) -> dict:
         return model_inputs(batch, columns, device, self.offset)
