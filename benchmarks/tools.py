@@ -181,7 +181,8 @@ def run_ours(root: Path, config: Path, name: str, overrides: dict, log: Path) ->
     epochs = [r for r in rows if r["kind"] == "epoch" and r["windows_per_s"] not in ("", "nan")]
     # windows_per_s of an epoch row: windows / time of its training loop (batching included, validation not)
     train_s = sum(train_windows / float(r["windows_per_s"]) for r in epochs)
-    curve = [(t - launched, float(r["validation_loss"])) for t, r in zip(record_times, rows)]
+    records = [r for r in rows if not r["kind"].startswith("baseline")]  # one log line each
+    curve = [(t - launched, float(r["validation_loss"])) for t, r in zip(record_times, records)]
     summary = run_summary(wall, peak, started - launched, train_s, train_windows * len(epochs), curve)
     return {
         **summary,

@@ -2,6 +2,7 @@
 exact resumption, fixed validation masks, and the errors of bad settings."""
 
 import numpy as np
+import onnxruntime
 import pandas as pd
 import pytest
 import torch
@@ -173,6 +174,8 @@ def test_a_masked_model_fills_in_the_masked_items_alike_in_pt_and_onnx(masked_mo
     items = set(zip(data.sequenceId, data.itemPosition))  # and its first, where it is no padding
     assert set(zip(pt.sequenceId, pt.itemPosition)) <= items and len(pt) > 1.5 * pt.sequenceId.nunique()
     assert set(pt.itemId) <= set(data.itemId)
+    session = onnxruntime.InferenceSession(str(masked_model / "models" / "sequifier-mask-best-1.onnx"))
+    assert [o.name for o in session.get_outputs()] == ["filled_itemId", "filled_price"]
 
 
 def test_a_masked_embedding_model_writes_every_item_or_the_mean(masked_model):

@@ -215,3 +215,16 @@ def test_the_search_space_takes_target_offset():
     assert "space.target_offset" in str(raised.value) and "0 is less than the minimum of 1" in str(
         raised.value
     )
+
+
+def test_the_onnx_outputs_say_how_far_ahead_they_predict():
+    from sequifier.model.export import onnx_names
+    from sequifier.model.network import ModelArgs
+
+    common = {"input_columns": (("item", "categorical", 9, 4),)}
+    common["target_columns"] = (("item", "categorical", 9),)
+    common.update(seq_length=8, dim_model=8, n_head=2, n_kv_heads=2)
+    assert onnx_names(ModelArgs(**common), "generative")[1] == ["next_item"]
+    assert onnx_names(ModelArgs(**common, target_offset=3), "generative")[1] == ["ahead3_item"]
+    assert onnx_names(ModelArgs(**common, objective="masked"), "generative")[1] == ["filled_item"]
+    assert onnx_names(ModelArgs(**common, objective="masked"), "embedding")[1] == ["position_embeddings"]
