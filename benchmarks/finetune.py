@@ -1,20 +1,18 @@
-"""Fine-tuning against training from scratch, and the speed of training with the blocks frozen.
+"""Fine-tuning against training from scratch on a small data set, with and without frozen blocks.
 
 A model pretrained on a large data set of an order-2 Markov chain is fine-tuned on a small data set
 of a related chain (each row of the first mixed with a fresh Dirichlet row), with its blocks frozen
-(`training_spec.freeze: [blocks]`) and without; the same epochs from scratch are the baseline. Then,
-on the large data set, windows/s of one epoch with the blocks frozen (and with the encoders frozen
-too: no backward pass through the blocks) against one of plain training, taking turns. Every run
-is a whole `sequifier train` process; see benchmarks/README.md.
+(`training_spec.freeze: [blocks]`) and without; the same epochs from scratch are the baseline. Every
+run is a whole `sequifier train` process; see benchmarks/README.md. What freezing saves per window
+is measured by options.py.
 
-    python benchmarks/finetune.py            # ~4 min on 2 idle cores
+    python benchmarks/finetune.py            # ~2 min on 2 idle cores
 """
 
 import argparse
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -60,7 +58,6 @@ def main() -> None:
     parser.add_argument("--large", type=int, default=400, help="sequences of the large data set (100 items)")
     parser.add_argument("--small", type=int, default=40, help="sequences of the small data set (100 items)")
     parser.add_argument("--share", type=float, default=0.3, help="how far the small data set's chain is")
-    parser.add_argument("--repeats", type=int, default=2, help="turns of the speed comparison")
     args = parser.parse_args()
     base_chain = markov_chain(SYMBOLS, 0.2, seed=11)
     small_chain = related(base_chain, args.share, seed=12)
@@ -90,20 +87,6 @@ def main() -> None:
     print("|---|---|---|---|")
     for label, curve in losses.items():
         print(f"| {label} | {curve[0]:.4f} | {curve[-1]:.4f} | {curve[-1] / scratch:.3f} |")
-
-    frozen = {"plain": [], "blocks frozen": ["blocks"], "encoders and blocks frozen": ["encoders", "blocks"]}
-    rates = {label: [] for label in frozen}
-    for _ in range(args.repeats):
-        for label, groups in frozen.items():
-            settings = {"training_spec.freeze": groups} if groups else {}
-            one = {"training_spec.epochs": 1, "init_from": str(pretrained), **settings}
-            rows = train(args.out / "large", large, "speed", **one)
-            rates[label].append(float(rows[-1]["windows_per_s"]))
-    plain = statistics.median(rates["plain"])
-    print("\n| one epoch of the large data set | windows/s (median) | against plain |")
-    print("|---|---|---|")
-    for label, found in rates.items():
-        print(f"| {label} | {statistics.median(found):.0f} | {statistics.median(found) / plain:.2f} |")
 
 
 if __name__ == "__main__":
