@@ -108,7 +108,7 @@ def test_fine_tuned_with_frozen_blocks_beats_scratch_and_keeps_the_blocks(pretra
     assert float(tuned[-1]["validation_loss"]) < 0.8 * float(scratch[-1]["validation_loss"])
 
 
-def test_a_masked_fine_tuning_of_a_causal_model_resumes_without_reading_init_from(pretrained, small, tmp_path):
+def test_a_masked_fine_tuning_of_a_causal_model_resumes_without_init_from(pretrained, small, tmp_path):
     copy = tmp_path / "source.pt"
     copy.write_bytes(pretrained.read_bytes())
     settings = [

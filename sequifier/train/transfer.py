@@ -136,8 +136,9 @@ class Transfer:
     def _refuse(self) -> None:
         if self.mismatches:
             raise ConfigError(
-                f"{self.source}: init_from: {self.path} cannot start this model: {'; '.join(self.mismatches)}; "
-                "set init_from to a model of the same structure, or change the config to match it"
+                f"{self.source}: init_from: {self.path} cannot start this model: "
+                f"{'; '.join(self.mismatches)}; set init_from to a model of the same structure, "
+                "or change the config to match it"
             )
 
     @staticmethod
@@ -236,7 +237,8 @@ class Transfer:
         for name, i in new.items():
             what = f"mask vector of input column '{name}'"
             if name in old:
-                self._copy(what, state[f"encoders.mask_vectors.{i}"], weights[f"encoders.mask_vectors.{old[name]}"])
+                source = weights[f"encoders.mask_vectors.{old[name]}"]
+                self._copy(what, state[f"encoders.mask_vectors.{i}"], source)
             else:
                 self.notes.append(f"{what}: fresh (not in the source model)")
 
