@@ -16,7 +16,7 @@ from sequifier.model.export import load_bundle
 from sequifier.model.network import ModelArgs, Transformer
 from sequifier.search import space as search
 from sequifier.train import run
-from sequifier.train.transfer import Transfer, read_source
+from sequifier.train.transfer import Transfer, freeze, read_source
 
 N_VALUES = 8
 PRETRAIN = 60  # sequences of the large data set
@@ -274,3 +274,14 @@ def test_a_training_checkpoint_is_a_source_too(pretrained):
     bundled, bundled_weights, _ = read_source(pretrained)
     assert args == bundled and weights.keys() == bundled_weights.keys()
     assert set(metadata["id_maps"]["item"]) == {f"v{i}" for i in range(8)}
+
+
+@pytest.mark.parametrize("changes", [{"objective": "masked"}, {"positional_encoding": "rope"}])
+def test_the_groups_of_freeze_cover_every_weight(changes):
+    """What check_freeze calls `nothing would train` is a model whose every weight is frozen."""
+    model = Transformer(shapes(**changes))
+    freeze(
+        model,
+        ["encoders", "positions"][: 1 + (model.positions is not None)] + ["blocks.0", "final_norm", "heads"],
+    )
+    assert not [name for name, weight in model.named_parameters() if weight.requires_grad]

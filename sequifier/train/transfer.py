@@ -15,8 +15,8 @@ a column of another type, ...) is one ConfigError that names every mismatch, rai
 is planned (`check_plan`), before any window is read. The optimizer starts fresh; a resumed run
 (continue_training) takes its checkpoint instead.
 
-`freeze` names groups of the network (`groups`): their weights take no gradient, no weight decay
-and are not in the optimizer. A group the model does not have, or freezing every weight, is a
+`freeze` names groups of the network (`group_parts`): their weights take no gradient, no weight
+decay and are not in the optimizer. A group the model does not have, or freezing every weight, is a
 ConfigError at planning too.
 """
 
@@ -24,7 +24,6 @@ import logging
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from sequifier.errors import ConfigError, DataError
 from sequifier.model.export import read_bundle
@@ -276,14 +275,11 @@ def _own_checkpoint(plan, path: Path) -> None:
 
 
 def check_plan(plan) -> None:
-    """At planning, before any window is read: the groups `freeze` names are the model's (checked
-    on a model of shapes only, the meta device), and the `init_from` of a TrainPlan can start its
-    model (a ConfigError naming every mismatch if not). No init_from to check where a run will
-    resume from its own checkpoint: it does not read init_from."""
+    """At planning, before any window is read: the groups `freeze` names are the model's, and the
+    `init_from` of a TrainPlan can start its model (a ConfigError naming every mismatch if not).
+    No init_from to check where a run will resume from its own checkpoint: it does not read it."""
     config = plan.config
-    if config["training_spec"]["freeze"]:
-        with torch.device("meta"):
-            _frozen(Transformer(plan.model_args()), config["training_spec"]["freeze"], plan.source)
+    check_freeze(plan.model_args(), config["training_spec"]["freeze"], plan.source)
     if not config["init_from"]:
         return
     if config["training_spec"]["continue_training"] and checkpoint.latest(plan.checkpoints, plan.name):
@@ -313,43 +309,46 @@ def init_from(model: Transformer, path: Path, metadata: dict, source: str = "tra
         )  # fmt: skip
 
 
-def groups(model: Transformer) -> dict:
-    """The groups of the network that `freeze` names, and their modules."""
-    found = {"encoders": model.encoders}
-    if model.positions is not None:
-        found["positions"] = model.positions
-    found["blocks"] = model.blocks
-    found |= {f"blocks.{i}": block for i, block in enumerate(model.blocks)}
-    found["final_norm"] = model.final_norm
-    found["heads"] = model.heads
-    found |= {f"heads.{name}": head for (name, *_), head in zip(model.args.target_columns, model.heads)}
-    return found
+def group_parts(args: ModelArgs) -> dict:
+    """The groups of the network that `freeze` names, each with the parts it covers (together, the
+    parts hold every weight of the model)."""
+    blocks = [f"blocks.{i}" for i in range(args.num_layers)]
+    heads = [f"heads.{name}" for name, *_ in args.target_columns]
+    found = {"encoders": ["encoders"]}
+    if args.positional_encoding == "learned":
+        found["positions"] = ["positions"]
+    found |= {"blocks": blocks} | {block: [block] for block in blocks} | {"final_norm": ["final_norm"]}
+    return found | {"heads": heads} | {head: [head] for head in heads}
 
 
-def freeze(model: Transformer, names: list, source: str) -> None:
-    """Frozen: the weights of the groups named take no gradient (so no weight decay, and the
-    optimizer leaves them out). An unknown group, or one that leaves nothing to train, is an error."""
-    if names:
-        trainable = _frozen(model, names, source)
-        total = sum(p.numel() for p in model.parameters())
-        log.info("frozen: %s (%d of %d weights train)", ", ".join(names), trainable, total)
-
-
-def _frozen(model: Transformer, names: list, source: str) -> int:
-    """Freeze the groups named; the number of weights left to train."""
-    found = groups(model)
+def check_freeze(args: ModelArgs, names: list, source: str) -> None:
+    """A ConfigError for a group the model does not have, or groups that freeze every weight."""
+    found = group_parts(args)
     unknown = [name for name in names if name not in found]
     if unknown:
         raise ConfigError(
             f"{source}: training_spec.freeze: {', '.join(map(repr, unknown))} not a group of this model; "
             f"its groups: {', '.join(found)}"
         )
-    for name in names:
-        module: nn.Module = found[name]
-        module.requires_grad_(False)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    if not trainable:
+    every = {part for parts in found.values() for part in parts}
+    if every <= {part for name in names for part in found[name]}:
         raise ConfigError(
             f"{source}: training_spec.freeze: {names} freezes every weight of the model; nothing would train"
         )
-    return trainable
+
+
+def freeze(model: Transformer, names: list) -> None:
+    """Frozen: the weights of the groups named (checked by `check_freeze` when the run was planned)
+    take no gradient, so no weight decay, and the optimizer leaves them out."""
+    if not names:
+        return
+    modules = {"encoders": model.encoders, "positions": model.positions, "final_norm": model.final_norm}
+    modules |= {f"blocks.{i}": block for i, block in enumerate(model.blocks)}
+    modules |= {f"heads.{name}": head for (name, *_), head in zip(model.args.target_columns, model.heads)}
+    found = group_parts(model.args)
+    for name in names:
+        for part in found[name]:
+            modules[part].requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    log.info("frozen: %s (%d of %d weights train)", ", ".join(names), trainable, total)
