@@ -39,11 +39,11 @@ RESERVED = 3  # ids 0-2 (padding, other, mask) mean the same in every id map
 ATTENTION = {"causal": "causal attention (to earlier items)", "masked": "attention to every item (masked)"}
 
 
-def read_source(path: Path) -> tuple:
+def read_source(path: Path, source: str = "train config") -> tuple:
     """(model arguments, weights, metadata as a dict) of a pt bundle or a training checkpoint."""
     if not path.is_file():
         raise DataError(
-            f"init_from: {path}: not a file (expected a pt model bundle or a training checkpoint)"
+            f"{source}: init_from: {path}: not a file (expected a pt model bundle or a training checkpoint)"
         )
     try:
         state = checkpoint.load(path)
@@ -51,7 +51,9 @@ def read_source(path: Path) -> tuple:
         try:
             state = read_bundle(path)
         except DataError as error:
-            raise DataError(f"init_from: {error} (a pt model bundle or a training checkpoint)") from None
+            raise DataError(
+                f"{source}: init_from: {error} (expected a pt model bundle or a training checkpoint)"
+            ) from None
         return ModelArgs.from_dict(state["model_args"]), state["state_dict"], state["metadata"]
     return ModelArgs.from_dict(state["model_args"]), state["model"], state.get("metadata") or {}
 
@@ -264,8 +266,9 @@ def _own_checkpoint(plan, path: Path) -> None:
     """Refuse a checkpoint of the run's own model name that a fresh run would remove before reading it."""
     if plan.config["training_spec"]["continue_training"] or not path.is_file():
         return
-    match = checkpoint.NAME.match(path.name)
-    if match and match["model"] == plan.name and path.resolve().parent == plan.checkpoints.resolve():
+    real = path.resolve()  # a link to the checkpoint too
+    match = checkpoint.NAME.match(real.name)
+    if match and match["model"] == plan.name and real.parent == plan.checkpoints.resolve():
         raise ConfigError(
             f"{plan.source}: init_from: {path} is a checkpoint of model_name {plan.name}, which this run "
             "starts anew (training_spec.continue_training: false), removing the checkpoints of that name, "
@@ -286,14 +289,14 @@ def check_plan(plan) -> None:
         return
     path = Path(config["project_root"]) / config["init_from"]
     _own_checkpoint(plan, path)
-    old_args, _, old_metadata = read_source(path)
+    old_args, _, old_metadata = read_source(path, plan.source)
     Transfer(path, old_args, plan.model_args(), old_metadata, plan.metadata.to_dict()).check(plan.source)
 
 
 @torch.no_grad()
 def init_from(model: Transformer, path: Path, metadata: dict, source: str = "train config") -> None:
     """Start `model` (of the data described by `metadata`) from the weights of the model at `path`."""
-    old_args, weights, old_metadata = read_source(path)
+    old_args, weights, old_metadata = read_source(path, source)
     transfer = Transfer(path, old_args, model.args, old_metadata, metadata)
     transfer.check(source)
     transfer.apply(model, weights)
