@@ -248,6 +248,7 @@ def test_objective_offset_and_gaussian_heads_are_bridged_with_a_note():
 
     old, _, after, notes = transferred(shapes(objective="masked"), shapes())
     assert "objective: masked in source.pt, causal here" in notes[0]
+    assert "not used: the mask vector(s) of 'price', not masked here" in notes
     assert all(torch.equal(old[key], after[key]) for key in after)  # the mask vector left out
 
     old, _, after, notes = transferred(shapes(), shapes(target_offset=3))

@@ -242,6 +242,11 @@ class Transfer:
                 self._copy(what, state[f"encoders.mask_vectors.{i}"], source)
             else:
                 self.notes.append(f"{what}: fresh (not in the source model)")
+        unused = [name for name in old if name not in new]
+        if unused:
+            self.notes.append(
+                f"not used: the mask vector(s) of {', '.join(map(repr, unused))}, not masked here"
+            )
 
     def _project(self, state: dict, weights: dict) -> None:
         """The projection of the joint embedding: the columns of each input column known to both."""
