@@ -19,6 +19,7 @@ from sequifier.errors import ConfigError
 from sequifier.model.network import ModelArgs
 from sequifier.train.metrics import metrics_file
 from sequifier.train.optim import optimizer_class
+from sequifier.train.transfer import check_plan
 
 log = logging.getLogger(__name__)
 REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss", "GaussianNLLLoss")
@@ -266,7 +267,7 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     config["validation_data_path"] = config["validation_data_path"] or paths[min(1, len(paths) - 1)]
     config["read_format"] = config["read_format"] or metadata.write_format
     config["wandb"]["name"] = config["wandb"]["name"] or config["model_name"]
-    return TrainPlan(
+    plan = TrainPlan(
         config,
         source,
         metadata,
@@ -277,3 +278,5 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
         root / config["checkpoints_path"],
         root / config["logs_path"],
     )
+    check_plan(plan)  # init_from: every mismatch before any window is read
+    return plan

@@ -90,6 +90,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
     try:
         if process.main:  # the process that lives the whole run holds the model name's files
             owned.enter_context(_lock(plan))
+            handler = _log_to_file(plan)  # from here on: what the run says reaches its log file
             if not spec["continue_training"]:
                 checkpoint.start_anew(plan.checkpoints, plan.name)
         if process.device.type == "cuda":
@@ -101,10 +102,9 @@ def run(loaded: dict, source: str = "train config") -> dict:
         latest = checkpoint.latest(plan.checkpoints, plan.name) if spec["continue_training"] else None
         if latest is not None:
             trainer.resume(latest)
-        handler = _log_to_file(plan) if process.main else None
         if latest is None and plan.config["init_from"]:  # a resumed fine-tuning has its checkpoint
-            source = Path(plan.config["project_root"]) / plan.config["init_from"]
-            transfer.init_from(trainer.model, source, plan.metadata.to_dict())
+            path = Path(plan.config["project_root"]) / plan.config["init_from"]
+            transfer.init_from(trainer.model, path, plan.metadata.to_dict(), plan.source)
         log.info(
             "training %s: %d parameters, %d training and %d validation windows, %d process(es)",
             plan.name,

@@ -52,7 +52,7 @@ class Trainer:
         self.device = process.device
         torch.manual_seed(self.config["seed"])
         self.model = Transformer(plan.model_args()).to(self.device)
-        freeze(self.model, spec["freeze"], plan.source)  # before the optimizer: it holds what trains
+        freeze(self.model, spec["freeze"])  # before the optimizer: it holds what trains
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
         length = plan.config["model_spec"]["prediction_length"]
