@@ -75,8 +75,7 @@ class Search:
 
     def _init_from(self, name: str) -> list:
         """The model a run starts from (init_from), when it is there: a new one trains the run again."""
-        resolved = self.configs[name]
-        source = Path(resolved["project_root"]) / resolved["init_from"] if resolved["init_from"] else None
+        source = space.init_from_file(self.configs[name])
         return [source] if source is not None and source.is_file() else []
 
     def finished(self, name: str) -> bool:
@@ -109,8 +108,9 @@ class Search:
                     continue
                 running.remove(entry)
                 status = run.finish(process.returncode, time.monotonic() - started)
-                if status == "failed":
-                    log.warning("run %s failed (exit %d); see %s", run.name, process.returncode, run.log)
+                if status == "failed":  # bad settings: the run's error says which
+                    error = read_json(run.status).get("error", f"exit {process.returncode}")
+                    log.warning("run %s failed: %s; see %s", run.name, error, run.log)
                 elif status is None:
                     log.warning(
                         "run %s stopped without an outcome (exit %d: a crash or a kill); the next search "

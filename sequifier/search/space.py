@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -105,6 +106,14 @@ def run_configs(ids: dict, base: dict, source: str, overrides) -> dict:
                 f"{source}: a point of the space ({keys}) is not a valid train config:\n{error}"
             ) from None
     return configs
+
+
+def init_from_file(resolved: dict) -> Path | None:
+    """The model a run starts from (init_from of its resolved train config, under its project
+    root), or None: an input of the run, so that a new one trains it again."""
+    if not resolved["init_from"]:
+        return None
+    return Path(resolved["project_root"]) / resolved["init_from"]
 
 
 def tags(point: dict) -> list[str]:

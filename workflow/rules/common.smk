@@ -198,6 +198,14 @@ def train_command(wildcards, input, resources):
     return shlex.join(lifecycle.launch_command(input.config, resources.gpu, resume=True, nodes=nodes))
 
 
+def init_from_input(wildcards):
+    """The model the run starts from (init_from), an input of its train job: its stamp covers it, so
+    a changed model trains the run again from scratch; one the workflow makes is made first, and
+    one that is missing stops the workflow before any job (Snakemake names it)."""
+    source = space.init_from_file(RUN_CONFIGS[wildcards.run])
+    return [str(source)] if source is not None else []
+
+
 def checkpoints_folder(wildcards):
     return RUN_CONFIGS[wildcards.run]["checkpoints_path"]
 
