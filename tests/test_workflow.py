@@ -14,10 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import slurm_cluster
+import torch
 import yaml
 from conftest import REPO, run_cli
+
+from sequifier.files import content_hash
+from sequifier.model.export import read_bundle
 
 BIN = Path(sys.executable).parent
 RUNS = ("dim_model-16", "dim_model-32")  # the grid of config/config.yaml
@@ -382,6 +387,92 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     assert list((root / "results/example/infer/n_head-4").rglob("sequifier-n_head-4-best-predictions.csv"))
     assert not list((root / "results/example/infer/n_head-3").rglob("sequifier-*"))
     assert "nothing to infer" in (root / "logs/example/infer/n_head-3-predictions.log").read_text()
+
+
+def write_yaml(path, values):
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_changes(built, tmp_path):
+    """A masked run with frozen blocks from a pretrained model (an input of its train job, in its
+    stamp), filled in by an infer config's mask_positions; a new pretrained model reruns it."""
+    root = copy_of(built, tmp_path)
+    (pretrained,) = (root / RUN / "models").glob(f"sequifier-{RUN.name}-best-[0-9]*.pt")
+    (root / "pretrained").mkdir()
+    shutil.copy(pretrained, root / "pretrained/base.pt")
+    train = yaml.safe_load((root / "config/train.yaml").read_text())
+    train |= {"init_from": "pretrained/base.pt", "objective": "masked", "export_onnx": False}
+    train["training_spec"] |= {"epochs": 1, "freeze": ["blocks"]}
+    write_yaml(root / "config/train.yaml", train)
+    fill = {"model_type": "generative", "write_format": "csv", "mask_positions": [-2], "device": "cpu"}
+    write_yaml(root / "config/fill.yaml", fill)
+    experiment = yaml.safe_load((root / "config/config.yaml").read_text())
+    experiment["search"]["space"] = {"model_spec.dim_model": [16]}
+    experiment["infer"] = {"filled": "config/fill.yaml"}
+    write_yaml(root / "config/config.yaml", experiment)
+    result = snakemake(root, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    log = (root / "logs/example/train" / f"{RUN.name}.log").read_text()
+    assert "init_from pretrained/base.pt: the weights of the model taken" in log and "frozen: blocks" in log
+    (tuned,) = (root / RUN / "models").glob(f"sequifier-{RUN.name}-best-[0-9]*.pt")
+    tuned_bundle, base = read_bundle(tuned), read_bundle(root / "pretrained/base.pt")["state_dict"]
+    assert tuned_bundle["model_args"]["objective"] == "masked"
+    blocks = [key for key in base if key.startswith("blocks.")]
+    assert blocks and all(torch.equal(tuned_bundle["state_dict"][key], base[key]) for key in blocks)
+    filled = root / "results/example/infer/best/filled/predictions"
+    predictions = pd.read_csv(filled / f"sequifier-{RUN.name}-best-predictions.csv")
+    data = pd.read_csv(root / "resources/example.csv")
+    last = predictions.groupby("sequenceId").itemPosition.max()  # the item before each window's last
+    assert len(predictions) and (last < data.groupby("sequenceId").itemPosition.max()[last.index]).all()
+    status = json.loads((root / RUN / "status.json").read_text())
+    inputs = [root / RUN / "train.yaml", root / "results/example/metadata.json", root / "pretrained/base.pt"]
+    assert status["inputs"] == f"{content_hash(inputs)} gpus=0"  # the stamp covers the model
+
+    assert "Nothing to be done" in snakemake(root, "-n").stdout
+    shutil.copy(tuned, root / "pretrained/base.pt")  # another model of the same structure
+    dry = snakemake(root, "-n")
+    assert dry.returncode == 0 and job_counts(dry.stdout)["train"] == 1, dry.stdout[-3000:]
+    assert re.search(r"reason: Updated input files: [^\n]*pretrained/base.pt", dry.stdout), dry.stdout
+
+
+def test_a_missing_init_from_model_stops_the_workflow_before_any_job(workflow, tmp_path):
+    root = copy_of(workflow, tmp_path)
+    path = root / "config/train.yaml"
+    path.write_text(path.read_text() + "init_from: pretrained/missing.pt\n")
+    dry = snakemake(root, "-n")
+    assert dry.returncode != 0 and "Traceback" not in dry.stdout + dry.stderr
+    assert "config/train.yaml: init_from: 'pretrained/missing.pt': not a file" in dry.stdout + dry.stderr
+    assert not job_counts(dry.stdout), "no job is listed"
+
+
+def test_the_infer_configs_draw_with_their_temperature_top_k_and_top_p(built, tmp_path):
+    root = copy_of(built, tmp_path)
+    sampled = {"model_type": "generative", "write_format": "csv", "device": "cpu", "seed": 3}
+    sampled["sample_from_distribution_columns"] = ["itemId"]
+    experiment = yaml.safe_load((root / "config/config.yaml").read_text())
+    for name, settings in {"top1": {"top_k": 1}, "drawn": {"top_p": 0.95}}.items():
+        write_yaml(root / f"config/{name}.yaml", {**sampled, "temperature": 3.0, **settings})
+        experiment["infer"][name] = f"config/{name}.yaml"
+    write_yaml(root / "config/config.yaml", experiment)
+    result = snakemake(root, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = leaderboard(root)[0]["run"]
+    read = lambda name: pd.read_csv(  # noqa: E731
+        root / "results/example/infer/best" / name / "predictions" / f"sequifier-{best}-best-predictions.csv"
+    )
+    argmax = read("predictions")
+    pd.testing.assert_frame_equal(read("top1"), argmax)  # top_k 1 at temperature 3: the argmax
+    assert (read("drawn").itemId != argmax.itemId).mean() > 0.1  # drawn: not the argmax
+
+    experiment["infer"]["drawn"] = "config/bad.yaml"
+    write_yaml(root / "config/bad.yaml", {**sampled, "top_p": 1.5})
+    write_yaml(root / "config/config.yaml", experiment)
+    dry = snakemake(root, "-n")
+    assert dry.returncode != 0 and "Traceback" not in dry.stdout + dry.stderr
+    assert (
+        "config/bad.yaml" in dry.stdout + dry.stderr and "top_p: 1.5 is not valid" in dry.stdout + dry.stderr
+    )
 
 
 def slurm_jobs(root):

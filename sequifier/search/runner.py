@@ -39,6 +39,7 @@ class Search:
         )
         self.points = space.run_ids(points)
         self.configs = space.run_configs(self.points, base, source, self.overrides)
+        space.check_init_from(self.points, self.configs, source, str(train_path))
 
     def overrides(self, name: str, point: dict) -> dict:
         """What a run sets besides its point: its name, and its W&B group, name and tags."""
@@ -74,9 +75,9 @@ class Search:
         )
 
     def _init_from(self, name: str) -> list:
-        """The model a run starts from (init_from), when it is there: a new one trains the run again."""
+        """The model a run starts from (init_from), if any: a new one trains the run again."""
         source = space.init_from_file(self.configs[name])
-        return [source] if source is not None and source.is_file() else []
+        return [source] if source is not None else []
 
     def finished(self, name: str) -> bool:
         """Whether the run is done with its config as it is now."""

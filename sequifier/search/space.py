@@ -116,6 +116,21 @@ def init_from_file(resolved: dict) -> Path | None:
     return Path(resolved["project_root"]) / resolved["init_from"]
 
 
+def check_init_from(ids: dict, configs: dict, source: str, train_source: str) -> None:
+    """Every run's init_from model is a file: a missing one is an error before any run starts,
+    naming the point's key in the space (`source`) or init_from of the train config."""
+    for name, resolved in configs.items():
+        path = init_from_file(resolved)
+        if path is None or path.is_file():
+            continue
+        where = f"{source}: space.init_from (run {name})" if "init_from" in ids[name] else train_source
+        full = f" ({path})" if str(path) != resolved["init_from"] else ""
+        raise ConfigError(
+            f"{where}: init_from: '{resolved['init_from']}': not a file{full}; "
+            "expected a pt model bundle or a training checkpoint"
+        )
+
+
 def tags(point: dict) -> list[str]:
     """W&B tags of a run: key=value, at most 64 characters each."""
     return [f"{key.split('.')[-1]}={_text(value)}"[:64] for key, value in point.items()]

@@ -159,6 +159,9 @@ RUN_CONFIGS = space.run_configs(
     "config/config.yaml: search" if SEARCH else config["train"],
     run_overrides,
 )
+# A run's init_from model is there before any job starts (Snakemake would keep the models of a run
+# trained before, rather than say that it is missing).
+space.check_init_from(RUNS, RUN_CONFIGS, "config/config.yaml: search", config["train"])
 
 
 def resolved_run_config(wildcards):
@@ -200,8 +203,7 @@ def train_command(wildcards, input, resources):
 
 def init_from_input(wildcards):
     """The model the run starts from (init_from), an input of its train job: its stamp covers it, so
-    a changed model trains the run again from scratch; one the workflow makes is made first, and
-    one that is missing stops the workflow before any job (Snakemake names it)."""
+    a changed model trains the run again from scratch."""
     source = space.init_from_file(RUN_CONFIGS[wildcards.run])
     return [str(source)] if source is not None else []
 
