@@ -395,7 +395,8 @@ def write_yaml(path, values):
 
 def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_changes(built, tmp_path):
     """A masked run with frozen blocks from a pretrained model (an input of its train job, in its
-    stamp), filled in by an infer config's mask_positions; a new pretrained model reruns it."""
+    stamp), filled in by infer configs with mask_positions, argmax or drawn (temperature, top_k,
+    top_p); a new pretrained model trains the run again."""
     root = copy_of(built, tmp_path)
     (pretrained,) = (root / RUN / "models").glob(f"sequifier-{RUN.name}-best-[0-9]*.pt")
     (root / "pretrained").mkdir()
@@ -404,11 +405,14 @@ def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_ch
     train |= {"init_from": "pretrained/base.pt", "objective": "masked", "export_onnx": False}
     train["training_spec"] |= {"epochs": 1, "freeze": ["blocks"]}
     write_yaml(root / "config/train.yaml", train)
-    fill = {"model_type": "generative", "write_format": "csv", "mask_positions": [-2], "device": "cpu"}
-    write_yaml(root / "config/fill.yaml", fill)
     experiment = yaml.safe_load((root / "config/config.yaml").read_text())
     experiment["search"]["space"] = {"model_spec.dim_model": [16]}
-    experiment["infer"] = {"filled": "config/fill.yaml"}
+    fill = {"model_type": "generative", "write_format": "csv", "mask_positions": [-2], "seed": 3}
+    sampled = {**fill, "sample_from_distribution_columns": ["itemId"], "temperature": 3.0}
+    configs = {"filled": fill, "top1": {**sampled, "top_k": 1}, "drawn": {**sampled, "top_p": 0.95}}
+    for name, values in configs.items():
+        write_yaml(root / f"config/{name}.yaml", values)
+    experiment["infer"] = {name: f"config/{name}.yaml" for name in configs}
     write_yaml(root / "config/config.yaml", experiment)
     result = snakemake(root, "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -420,11 +424,18 @@ def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_ch
     assert tuned_bundle["model_args"]["objective"] == "masked"
     blocks = [key for key in base if key.startswith("blocks.")]
     assert blocks and all(torch.equal(tuned_bundle["state_dict"][key], base[key]) for key in blocks)
-    filled = root / "results/example/infer/best/filled/predictions"
-    predictions = pd.read_csv(filled / f"sequifier-{RUN.name}-best-predictions.csv")
-    data = pd.read_csv(root / "resources/example.csv")
-    last = predictions.groupby("sequenceId").itemPosition.max()  # the item before each window's last
-    assert len(predictions) and (last < data.groupby("sequenceId").itemPosition.max()[last.index]).all()
+    read = lambda name: pd.read_csv(  # noqa: E731
+        root
+        / "results/example/infer/best"
+        / name
+        / "predictions"
+        / f"sequifier-{RUN.name}-best-predictions.csv"
+    )
+    filled, data = read("filled"), pd.read_csv(root / "resources/example.csv")
+    last = filled.groupby("sequenceId").itemPosition.max()  # the item before each window's last
+    assert len(filled) and (last < data.groupby("sequenceId").itemPosition.max()[last.index]).all()
+    pd.testing.assert_frame_equal(read("top1"), filled)  # top_k 1 at temperature 3: the argmax
+    assert (read("drawn").itemId != filled.itemId).mean() > 0.1  # drawn: not the argmax
     status = json.loads((root / RUN / "status.json").read_text())
     inputs = [root / RUN / "train.yaml", root / "results/example/metadata.json", root / "pretrained/base.pt"]
     assert status["inputs"] == f"{content_hash(inputs)} gpus=0"  # the stamp covers the model
@@ -436,43 +447,27 @@ def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_ch
     assert re.search(r"reason: Updated input files: [^\n]*pretrained/base.pt", dry.stdout), dry.stdout
 
 
-def test_a_missing_init_from_model_stops_the_workflow_before_any_job(workflow, tmp_path):
-    root = copy_of(workflow, tmp_path)
-    path = root / "config/train.yaml"
-    path.write_text(path.read_text() + "init_from: pretrained/missing.pt\n")
-    dry = snakemake(root, "-n")
-    assert dry.returncode != 0 and "Traceback" not in dry.stdout + dry.stderr
-    assert "config/train.yaml: init_from: 'pretrained/missing.pt': not a file" in dry.stdout + dry.stderr
-    assert not job_counts(dry.stdout), "no job is listed"
-
-
-def test_the_infer_configs_draw_with_their_temperature_top_k_and_top_p(built, tmp_path):
+@pytest.mark.parametrize(
+    "config, line, expected",
+    [
+        (
+            "train.yaml",
+            "init_from: pretrained/missing.pt",
+            "config/train.yaml: init_from: 'pretrained/missing.pt': not a file",
+        ),
+        ("infer.yaml", "top_p: 1.5", "top_p: 1.5 is not valid"),
+    ],
+)
+def test_a_missing_init_from_model_or_a_bad_infer_setting_stops_the_workflow_before_any_job(
+    built, tmp_path, config, line, expected
+):
     root = copy_of(built, tmp_path)
-    sampled = {"model_type": "generative", "write_format": "csv", "device": "cpu", "seed": 3}
-    sampled["sample_from_distribution_columns"] = ["itemId"]
-    experiment = yaml.safe_load((root / "config/config.yaml").read_text())
-    for name, settings in {"top1": {"top_k": 1}, "drawn": {"top_p": 0.95}}.items():
-        write_yaml(root / f"config/{name}.yaml", {**sampled, "temperature": 3.0, **settings})
-        experiment["infer"][name] = f"config/{name}.yaml"
-    write_yaml(root / "config/config.yaml", experiment)
-    result = snakemake(root, "--cores", "2")
-    assert result.returncode == 0, result.stderr[-3000:]
-    best = leaderboard(root)[0]["run"]
-    read = lambda name: pd.read_csv(  # noqa: E731
-        root / "results/example/infer/best" / name / "predictions" / f"sequifier-{best}-best-predictions.csv"
-    )
-    argmax = read("predictions")
-    pd.testing.assert_frame_equal(read("top1"), argmax)  # top_k 1 at temperature 3: the argmax
-    assert (read("drawn").itemId != argmax.itemId).mean() > 0.1  # drawn: not the argmax
-
-    experiment["infer"]["drawn"] = "config/bad.yaml"
-    write_yaml(root / "config/bad.yaml", {**sampled, "top_p": 1.5})
-    write_yaml(root / "config/config.yaml", experiment)
+    path = root / "config" / config
+    path.write_text(path.read_text() + f"{line}\n")
     dry = snakemake(root, "-n")
     assert dry.returncode != 0 and "Traceback" not in dry.stdout + dry.stderr
-    assert (
-        "config/bad.yaml" in dry.stdout + dry.stderr and "top_p: 1.5 is not valid" in dry.stdout + dry.stderr
-    )
+    assert expected in dry.stdout + dry.stderr and f"config/{config}" in dry.stdout + dry.stderr
+    assert not job_counts(dry.stdout), "no job is listed"
 
 
 def slurm_jobs(root):
