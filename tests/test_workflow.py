@@ -455,10 +455,15 @@ def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_ch
             "init_from: pretrained/missing.pt",
             "config/train.yaml: init_from: 'pretrained/missing.pt': not a file",
         ),
+        (  # a model in a run's folder, which Snakemake empties before it trains the run again
+            "train.yaml",
+            f"init_from: {RUN}/models/sequifier-{RUN.name}-best-3.pt",
+            f"{RUN}/models/sequifier-{RUN.name}-best-3.pt' is in results/example/runs, the runs' outputs",
+        ),
         ("infer.yaml", "top_p: 1.5", "top_p: 1.5 is not valid"),
     ],
 )
-def test_a_missing_init_from_model_or_a_bad_infer_setting_stops_the_workflow_before_any_job(
+def test_a_bad_init_from_model_or_infer_setting_stops_the_workflow_before_any_job(
     built, tmp_path, config, line, expected
 ):
     root = copy_of(built, tmp_path)

@@ -160,8 +160,9 @@ RUN_CONFIGS = space.run_configs(
     run_overrides,
 )
 # A run's init_from model is there before any job starts (Snakemake would keep the models of a run
-# trained before, rather than say that it is missing).
-space.check_init_from(RUNS, RUN_CONFIGS, "config/config.yaml: search", config["train"])
+# trained before, rather than say that it is missing), and not in a run's folder (Snakemake empties
+# it before it trains that run again).
+space.check_init_from(RUNS, RUN_CONFIGS, "config/config.yaml: search", config["train"], f"{RESULTS}/runs")
 
 
 def resolved_run_config(wildcards):
