@@ -461,6 +461,7 @@ def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_ch
             f"{RUN}/models/sequifier-{RUN.name}-best-3.pt' is in results/example/runs, the runs' outputs",
         ),
         ("infer.yaml", "top_p: 1.5", "top_p: 1.5 is not valid"),
+        ("infer.yaml", "top_k: 3", "top_k: 3, but sample_from_distribution_columns is empty"),
     ],
 )
 def test_a_bad_init_from_model_or_infer_setting_stops_the_workflow_before_any_job(

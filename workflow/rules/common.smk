@@ -6,6 +6,8 @@ import yaml
 from snakemake.utils import validate
 
 from sequifier import config as stage_config
+from sequifier.errors import ConfigError
+from sequifier.infer import sampling
 from sequifier.search import leaderboard
 from sequifier.search import space
 from sequifier.preprocess.plan import make_plan
@@ -245,8 +247,21 @@ def infer_overrides():
     return {"project_root": ".", "model_path": None, "metadata_config_path": f"{RESULTS}/metadata.json"}
 
 
-# Validated now, as the train configs are: a bad infer config stops the workflow before any job.
+# Validated now, as the train configs are: a bad infer config stops the workflow before any job,
+# and so do sampling keys that would do nothing (or are no number), as `sequifier infer` says.
 INFER_CONFIGS = {name: stage_config.load("infer", path, infer_overrides()) for name, path in INFER_FILES.items()}
+
+
+def check_sampling_keys():
+    for name, loaded in INFER_CONFIGS.items():
+
+        def fail(message, path=INFER_FILES[name]):
+            raise ConfigError(f"{path}: {message}")
+
+        sampling.check_keys(loaded, fail)
+
+
+check_sampling_keys()
 
 
 def infer_flags(wildcards):
