@@ -39,6 +39,7 @@ class Search:
         )
         self.points = space.run_ids(points)
         self.configs = space.run_configs(self.points, base, source, self.overrides)
+        space.check_init_from(self.points, self.configs, source, str(train_path))
 
     def overrides(self, name: str, point: dict) -> dict:
         """What a run sets besides its point: its name, and its W&B group, name and tags."""
@@ -74,10 +75,9 @@ class Search:
         )
 
     def _init_from(self, name: str) -> list:
-        """The model a run starts from (init_from), when it is there: a new one trains the run again."""
-        resolved = self.configs[name]
-        source = Path(resolved["project_root"]) / resolved["init_from"] if resolved["init_from"] else None
-        return [source] if source is not None and source.is_file() else []
+        """The model a run starts from (init_from), if any: a new one trains the run again."""
+        source = space.init_from_file(self.configs[name])
+        return [source] if source is not None else []
 
     def finished(self, name: str) -> bool:
         """Whether the run is done with its config as it is now."""
@@ -109,8 +109,9 @@ class Search:
                     continue
                 running.remove(entry)
                 status = run.finish(process.returncode, time.monotonic() - started)
-                if status == "failed":
-                    log.warning("run %s failed (exit %d); see %s", run.name, process.returncode, run.log)
+                if status == "failed":  # bad settings: the run's error says which
+                    error = read_json(run.status).get("error", f"exit {process.returncode}")
+                    log.warning("run %s failed: %s; see %s", run.name, error, run.log)
                 elif status is None:
                     log.warning(
                         "run %s stopped without an outcome (exit %d: a crash or a kill); the next search "
