@@ -25,21 +25,8 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tools as bench  # noqa: E402  (data, configs and runs shared by the benchmarks)
 from preprocess import print_table  # noqa: E402
-from tools import (  # noqa: E402
-    HERE,
-    OURS,
-    SEQ_LENGTH,
-    SPEED_MODEL,
-    SYMBOLS,
-    markov_chain,
-    our_preprocess,
-    our_train_config,
-    run_ours,
-    sample_chain,
-    speed_training,
-    write_long,
-)
 
 SIGMA = 1.5
 OPTIONS = {  # name: the settings that differ from plain causal training
@@ -53,16 +40,16 @@ OPTIONS = {  # name: the settings that differ from plain causal training
 
 
 def chain_with_values(path: Path, sequences: int, length: int) -> Path:
-    items = sample_chain(markov_chain(SYMBOLS, 1.0, seed=11), sequences, length, seed=12)
+    items = bench.sample_chain(bench.markov_chain(bench.SYMBOLS, 1.0, seed=11), sequences, length, seed=12)
     noise = np.random.default_rng(13).normal(0.0, SIGMA, items.shape)
     y = np.concatenate([np.zeros((sequences, 1)), 0.1 * items[:, :-1]], 1) + noise
-    return write_long(path, {"itemId": items, "y": y})
+    return bench.write_long(path, {"itemId": items, "y": y})
 
 
 def predicted_std(root: Path, model: Path, log: Path) -> float:
     out = root / "outputs-std"
-    cmd = [OURS, "infer", "--project-root", str(root), "--model-path", str(model), "--output-path", str(out)]
-    cmd += ["--config-path", str(root / "configs" / "infer.yaml")]
+    cmd = [bench.OURS, "infer", "--project-root", str(root), "--model-path", str(model)]
+    cmd += ["--output-path", str(out), "--config-path", str(root / "configs" / "infer.yaml")]
     with log.open("w") as handle:
         subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, check=True)
     (found,) = out.glob("predictions/*.csv")
@@ -76,22 +63,25 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--sequences", type=int, default=1000)
-    parser.add_argument("--out", default=str(HERE / "out"))
+    parser.add_argument("--out", default=str(bench.HERE / "out"))
     args = parser.parse_args()
     out = Path(args.out)
     root, logs = out / "options", out / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     data = chain_with_values(root / "chain-values.csv", args.sequences, 200)
-    our_preprocess(root, data, logs / "options-preprocess.log", n_cores=2)
+    bench.our_preprocess(root, data, logs / "options-preprocess.log", n_cores=2)
     (root / "configs" / "infer.yaml").write_text(f"project_root: {root}\n")
-    config = our_train_config(  # the longest seq_length a target_offset of 3 allows, for every option
-        root, data.stem, SPEED_MODEL, speed_training(args), seq_length=SEQ_LENGTH + 1 - 3,
+    longest = bench.SEQ_LENGTH + 1 - 3  # the longest seq_length a target_offset of 3 allows, for all
+    config = bench.our_train_config(
+        root, data.stem, bench.SPEED_MODEL, bench.speed_training(args), seq_length=longest,
         input_columns=["itemId", "y"], target_columns=["itemId", "y"],
     )  # fmt: skip
     results = {name: [] for name in OPTIONS}
     for rep in range(args.repeats):
         for number, (name, settings) in enumerate(OPTIONS.items()):
-            r = run_ours(root, config, f"option{number}", settings, logs / f"options-{number}-{rep}.log")
+            r = bench.run_ours(
+                root, config, f"option{number}", settings, logs / f"options-{number}-{rep}.log"
+            )
             results[name].append(r)
             rate, final = r["rate"], r["final"]
             print(f"  run {rep + 1}/{args.repeats} {name:27s}: {rate:7.0f} windows/s, final {final:.4f}")
