@@ -61,7 +61,7 @@ def export_run(
 
 def _log_to_file(plan: TrainPlan) -> logging.Handler:
     plan.logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(plan.log_path)
+    handler = logging.FileHandler(plan.log_path, delay=True)  # the file is made by its first line
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("sequifier").addHandler(handler)
     return handler
