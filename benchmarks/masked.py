@@ -4,7 +4,7 @@
 neighbours): the accuracy of filling in such a middle item, and the training windows/s of each
 objective, measured in the same run.
 
-    python benchmarks/masked.py [--sequences 400] [--repeats 2] [--out DIR]
+    python benchmarks/masked.py [--sequences 400] [--repeats 2] [--epochs 12] [--out DIR]
 
 The two objectives train in turns (causal, masked, masked, causal, ...) and the windows/s are the
 median of the repeats, so that a machine busy with other work in part of the run weighs on both.
@@ -34,6 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequences", type=int, default=400)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=12, help="of each training (the test trains 4)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     root = args.out or Path(tempfile.mkdtemp(prefix="sequifier-masked-"))
@@ -42,7 +43,7 @@ def main() -> None:
     accuracy, rates = {}, {"causal": [], "masked": []}
     for repeat in range(args.repeats):
         for objective in ("causal", "masked")[:: 1 if repeat % 2 == 0 else -1]:
-            accuracy[objective] = fill_in_accuracy(project, objective)  # seeded: the same each time
+            accuracy[objective] = fill_in_accuracy(project, objective, args.epochs)  # seeded: alike each time
             rates[objective].append(windows_per_second(project, objective))
     found = {name: (accuracy[name], statistics.median(rates[name])) for name in rates}
     base = found["causal"][1]

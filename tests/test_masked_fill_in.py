@@ -28,12 +28,13 @@ def chain_table(n_sequences=200, length=30, noise=0.05, seed=0) -> pd.DataFrame:
     )
 
 
-def fill_in_accuracy(project, objective: str) -> float:
+def fill_in_accuracy(project, objective: str, epochs: int = 4) -> float:
     """Train a small model by the CLI, fill in each test window's middle items at odd itemPositions
     (masked: the item before the window's last; causal: the window's last, from the items
     before it) and return the share right."""
     train = ["model_name=" + objective, "objective=" + objective, "masking_probability=0.3"]
-    train += ["training_spec.epochs=4", "training_spec.learning_rate=0.005", "training_spec.batch_size=64"]
+    train += [f"training_spec.epochs={epochs}", "training_spec.learning_rate=0.005"]
+    train += ["training_spec.batch_size=64"]
     run_cli("train", *[a for s in train for a in ("--set", s)], cwd=project.root, check=True)
     (best,) = (project.root / "models").glob(f"sequifier-{objective}-best-[0-9]*.pt")
     infer = [f"model_path=models/{best.name}", f"output_path=out-{objective}"]
