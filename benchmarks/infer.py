@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Benchmark `sequifier infer`: predictions/s against the original (PyPI sequifier 3.1.1.0) on the
-same data and model size, batch 1 and batched, pt and ONNX; autoregressive items/s; memory as the
-input grows; the model alone (no input or output) for reference.
+same data and model size, batch 1 and batched, pt and ONNX; autoregressive items/s; the cost of
+sampled predictions (temperature, top_k, top_p) against the argmax; memory as the input grows; the
+model alone (no input or output) for reference.
 
-    python benchmarks/infer.py [--parts speed,batch1,generate,memory,model] [--repeats 3] [--out DIR]
+    python benchmarks/infer.py [--parts speed,batch1,generate,sampling,memory,model] [--repeats 3]
 
 Every inference is a whole process timed by the clock. Start-up (imports, model loading) is taken
 out by also running each variant on a two-window input: rate = (windows of the big input - 2) /
@@ -207,6 +208,37 @@ def generate(args, setup: dict, out: Path) -> None:
     print_table(["model", "items/s", "wall s", "vs original"], rows)
 
 
+SAMPLING = {  # what the sampled variants set besides sample_from_distribution_columns
+    "sampled": {},
+    "sampled, temperature 0.8, top_k 10": {"temperature": 0.8, "top_k": 10},
+    "sampled, temperature 0.8, top_p 0.9": {"temperature": 0.8, "top_p": 0.9},
+}
+
+
+def sampling(args, setup: dict, out: Path) -> None:
+    """Windows/s of ours (pt and ONNX) drawing the prediction from the distribution, with and without
+    temperature, top_k and top_p, against the argmax of the same model in the same run."""
+    work, batch = setup["work"], 1024
+    small = head_of(setup["split"], 2, work / "ours-2.parquet")
+    variants = {}
+    for model in ("pt", "onnx"):
+        for label, extra in {"argmax": None, **SAMPLING}.items():
+            settings = {"batch": batch, "output_probabilities": False}
+            if extra is not None:
+                settings |= {"sample_from_distribution_columns": ["itemId"], "seed": 7, **extra}
+            variants[f"ours {model}, {label}"] = {
+                size: ours_command(setup, model, data, work / f"out-sampling-{size}", **dict(settings))
+                for size, data in (("small", small), ("big", setup["split"]))
+            }
+    results = rate(args, variants, 2, setup["windows"], out / "logs" / "infer-sampling.log")
+    rows = []
+    for name, (r, big, _, _) in results.items():
+        argmax = results[name.split(", ")[0] + ", argmax"][0]
+        rows.append([name, f"{r:,.0f}", f"{big:.2f}", f"{r / argmax:.2f}"])
+    print(f"\nsampling: {setup['windows']:,} windows, batch {batch}, CPU; medians of {args.repeats}")
+    print_table(["model", "windows/s", "wall s", "vs argmax"], rows)
+
+
 def memory(args, setup: dict, out: Path) -> None:
     """Peak RSS of ours as the input grows (a folder of copies of the training split)."""
     rows, base = [], None
@@ -282,7 +314,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     arg = parser.add_argument
-    arg("--parts", default="speed,batch1,generate,memory,model")
+    arg("--parts", default="speed,batch1,generate,sampling,memory,model")
     arg("--repeats", type=int, default=3, help="alternated whole-process runs of each variant")
     arg("--batch", type=int, default=128, help="the batch size compared (the original's config has 128)")
     arg("--batch1-windows", type=int, default=2000, help="batch1: windows inferred one at a time")
@@ -307,6 +339,8 @@ def main() -> None:
         speed(args, setup, out, 1, args.batch1_windows, "batch1")
     if "generate" in parts:
         generate(args, setup, out)
+    if "sampling" in parts:
+        sampling(args, setup, out)
     if "memory" in parts:
         memory(args, setup, out)
     if "model" in parts:

@@ -150,7 +150,7 @@ def set_flags(overrides: dict) -> list:
     return [a for key, value in overrides.items() for a in ("--set", f"{key}={json.dumps(value)}")]
 
 
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO sequifier\.train: (.*)$")
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) INFO sequifier\.train(?:\.\w+)*: (.*)$")
 
 
 def log_times(path: Path, pattern: str) -> list:
@@ -177,10 +177,12 @@ def run_ours(root: Path, config: Path, name: str, overrides: dict, log: Path) ->
     started = log_times(logs / f"sequifier-{name}.log", rf"training {re.escape(name)}: ")[0]
     text = (logs / f"sequifier-{name}.log").read_text()
     params, train_windows = map(int, re.search(r": (\d+) parameters, (\d+) training", text).groups())
-    epochs = [r for r in rows if r["kind"] == "epoch"]
+    # the epoch rows of trained epochs (the row of the untrained model, epoch 0, has no rate)
+    epochs = [r for r in rows if r["kind"] == "epoch" and r["windows_per_s"] not in ("", "nan")]
     # windows_per_s of an epoch row: windows / time of its training loop (batching included, validation not)
     train_s = sum(train_windows / float(r["windows_per_s"]) for r in epochs)
-    curve = [(t - launched, float(r["validation_loss"])) for t, r in zip(record_times, rows)]
+    records = [r for r in rows if not r["kind"].startswith("baseline")]  # one log line each
+    curve = [(t - launched, float(r["validation_loss"])) for t, r in zip(record_times, records)]
     summary = run_summary(wall, peak, started - launched, train_s, train_windows * len(epochs), curve)
     return {
         **summary,

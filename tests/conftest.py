@@ -108,6 +108,24 @@ class Project:
         path.write_text(yaml.safe_dump(config))
         return path
 
+    def train_in_process(self, name: str, training: dict | None = None, **overrides) -> dict:
+        """A small model (targets item and price) trained in this process for 1 epoch; `training`
+        added to its training_spec, `overrides` as --set would give them."""
+        from sequifier import config as stage_config
+        from sequifier.train import run
+
+        values = {
+            "project_root": str(self.root),
+            "model_name": name,
+            "metadata_config_path": "configs/metadata_configs/table.json",
+            "target_columns": ["item", "price"],
+            "export_onnx": False,
+            "wandb": {"mode": "disabled"},
+            "model_spec": {"dim_model": 16, "n_head": 2, "dim_feedforward": 16, "num_layers": 1},
+            "training_spec": {"epochs": 1, "batch_size": 16, "learning_rate": 0.01, **(training or {})},
+        }
+        return run(stage_config.resolve("train", values, "test config", overrides))
+
     def metadata(self, name="table") -> dict:
         return json.loads((self.root / "configs" / "metadata_configs" / f"{name}.json").read_text())
 

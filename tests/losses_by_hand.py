@@ -32,10 +32,11 @@ def read_windows(path: Path, fmt: str, seq_length: int) -> dict:
     }
 
 
-def counted(windows: dict, items: set, seq_length: int) -> np.ndarray:
-    """[windows, S]: whether the target of each position (the last S slots) is one of `items`."""
+def counted(windows: dict, items: set, seq_length: int, offset: int = 1) -> np.ndarray:
+    """[windows, S]: whether the target of each position (the last S slots; a model of
+    target_offset k reads the last S + k) is one of `items`."""
     width = next(iter(windows["values"].values())).shape[1] - 1
-    slots = np.arange(1, seq_length + 1) + width - seq_length
+    slots = np.arange(offset, seq_length + offset) + width - (seq_length + offset - 1)
     return np.array(
         [[(s, start + t) in items for t in slots] for s, start in zip(windows["sequence"], windows["start"])],
         dtype=bool,
@@ -48,16 +49,17 @@ def losses_by_hand(model, bundle: dict, windows: dict, items: set) -> dict:
     over the ordinary classes, "targets": how many counted}."""
     config, column_types = bundle["config"], bundle["metadata"]["column_types"]
     seq_length, kinds = config["seq_length"], config["target_column_types"]
-    values = {c: v[:, -(seq_length + 1) :] for c, v in windows["values"].items()}
+    k = bundle["model_args"].get("target_offset", 1)  # a target: the item k after its input
+    values = {c: v[:, -(seq_length + k) :] for c, v in windows["values"].items()}
     inputs = {}
     for c in config["input_columns"]:
-        block = torch.tensor(np.ascontiguousarray(values[c][:, :-1]))
+        block = torch.tensor(np.ascontiguousarray(values[c][:, :-k]))
         inputs[c] = block.int() if column_types[c] == "categorical" else block.float()
     outputs = model(inputs)
-    mask = torch.tensor(counted(windows, items, seq_length))
+    mask = torch.tensor(counted(windows, items, seq_length, k))
     found = {}
     for name, kind in kinds.items():
-        target = torch.tensor(np.ascontiguousarray(values[name][:, 1:]))
+        target = torch.tensor(np.ascontiguousarray(values[name][:, k:]))
         if kind == "categorical":
             logits = outputs[name].float()
             per_item = F.cross_entropy(logits.flatten(0, 1), target.long().flatten(), reduction="none")

@@ -160,3 +160,21 @@ def test_a_stop_signal_stops_both_ranks_at_the_same_step_with_one_checkpoint(mad
         load_bundle(made / "models" / f"sequifier-{n}-last-3.pt")[0].state_dict() for n in (name, whole)
     ]
     assert all(torch.equal(weights[0][key], weights[1][key]) for key in weights[1])
+
+
+def test_a_masked_model_under_two_processes_validates_the_masks_of_one(made):
+    """objective: masked on 2 processes: the ranks agree, and the validation masks are drawn per
+    window, so the untrained model's validation loss is the one a single process reports."""
+    settings = ["objective=masked", "training_spec.epochs=1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        torchrun(made, "masked2", *settings), cwd=made, capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "the 2 ranks end with identical weights" in (made / "logs" / "sequifier-masked2.log").read_text()
+    overrides = {"project_root": str(made), "model_name": "masked1", "training_spec.batch_size": 16}
+    overrides.update({key: yaml.safe_load(v) for key, v in (s.split("=") for s in [*SETTINGS, *settings])})
+    run(config.load("train", made / "configs" / "train.yaml", overrides))
+    two, one = (metrics(made / "logs" / f"sequifier-{name}-metrics.csv") for name in ("masked2", "masked1"))
+    assert float(two[0]["validation_loss"]) == pytest.approx(float(one[0]["validation_loss"]), rel=1e-6)
+    assert float(two[1]["validation_loss"]) < float(two[0]["validation_loss"])

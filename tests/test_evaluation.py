@@ -11,10 +11,8 @@ import torch
 from conftest import items_of_splits, sequences_table
 from losses_by_hand import counted, losses_by_hand, read_windows
 
-from sequifier import config
 from sequifier.model.export import load_bundle
 from sequifier.model.network import ModelArgs, Transformer
-from sequifier.train import run
 from sequifier.train.objective import target_mask
 
 W, RATIOS = 6, [0.6, 0.2, 0.2]
@@ -39,18 +37,7 @@ def read_metrics(project, name) -> list:
 
 
 def train(project, name, **overrides) -> dict:
-    values = {
-        "project_root": str(project.root),
-        "model_name": name,
-        "metadata_config_path": "configs/metadata_configs/table.json",
-        "target_columns": ["item", "price"],
-        "export_onnx": False,
-        "wandb": {"mode": "disabled"},
-        "model_spec": {"dim_model": 16, "n_head": 2, "dim_feedforward": 16, "num_layers": 1},
-        "training_spec": {"epochs": 1, "batch_size": 16, "learning_rate": 0.01, "log_interval": 7},
-    }
-    loaded = config.resolve("train", values, "test config", overrides)
-    return run(loaded)
+    return project.train_in_process(name, {"log_interval": 7}, **overrides)
 
 
 def assert_matches(row: dict, by_hand: dict, targets=("item", "price")) -> None:

@@ -14,10 +14,15 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import slurm_cluster
+import torch
 import yaml
 from conftest import REPO, run_cli
+
+from sequifier.files import content_hash
+from sequifier.model.export import read_bundle
 
 BIN = Path(sys.executable).parent
 RUNS = ("dim_model-16", "dim_model-32")  # the grid of config/config.yaml
@@ -382,6 +387,93 @@ def test_a_failed_run_is_marked_failed_and_the_others_go_on(built, tmp_path):
     assert list((root / "results/example/infer/n_head-4").rglob("sequifier-n_head-4-best-predictions.csv"))
     assert not list((root / "results/example/infer/n_head-3").rglob("sequifier-*"))
     assert "nothing to infer" in (root / "logs/example/infer/n_head-3-predictions.log").read_text()
+
+
+def write_yaml(path, values):
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+
+
+def test_a_fine_tuning_starts_from_init_from_and_trains_again_when_that_model_changes(built, tmp_path):
+    """A masked run with frozen blocks from a pretrained model (an input of its train job, in its
+    stamp), filled in by infer configs with mask_positions, argmax or drawn (temperature, top_k,
+    top_p); a new pretrained model trains the run again."""
+    root = copy_of(built, tmp_path)
+    (pretrained,) = (root / RUN / "models").glob(f"sequifier-{RUN.name}-best-[0-9]*.pt")
+    (root / "pretrained").mkdir()
+    shutil.copy(pretrained, root / "pretrained/base.pt")
+    train = yaml.safe_load((root / "config/train.yaml").read_text())
+    train |= {"init_from": "pretrained/base.pt", "objective": "masked", "export_onnx": False}
+    train["training_spec"] |= {"epochs": 1, "freeze": ["blocks"]}
+    write_yaml(root / "config/train.yaml", train)
+    experiment = yaml.safe_load((root / "config/config.yaml").read_text())
+    experiment["search"]["space"] = {"model_spec.dim_model": [16]}
+    fill = {"model_type": "generative", "write_format": "csv", "mask_positions": [-2], "seed": 3}
+    sampled = {**fill, "sample_from_distribution_columns": ["itemId"], "temperature": 3.0}
+    configs = {"filled": fill, "top1": {**sampled, "top_k": 1}, "drawn": {**sampled, "top_p": 0.95}}
+    for name, values in configs.items():
+        write_yaml(root / f"config/{name}.yaml", values)
+    experiment["infer"] = {name: f"config/{name}.yaml" for name in configs}
+    write_yaml(root / "config/config.yaml", experiment)
+    result = snakemake(root, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    log = (root / "logs/example/train" / f"{RUN.name}.log").read_text()
+    assert "init_from pretrained/base.pt: the weights of the model taken" in log and "frozen: blocks" in log
+    (tuned,) = (root / RUN / "models").glob(f"sequifier-{RUN.name}-best-[0-9]*.pt")
+    tuned_bundle, base = read_bundle(tuned), read_bundle(root / "pretrained/base.pt")["state_dict"]
+    assert tuned_bundle["model_args"]["objective"] == "masked"
+    blocks = [key for key in base if key.startswith("blocks.")]
+    assert blocks and all(torch.equal(tuned_bundle["state_dict"][key], base[key]) for key in blocks)
+    read = lambda name: pd.read_csv(  # noqa: E731
+        root
+        / "results/example/infer/best"
+        / name
+        / "predictions"
+        / f"sequifier-{RUN.name}-best-predictions.csv"
+    )
+    filled, data = read("filled"), pd.read_csv(root / "resources/example.csv")
+    last = filled.groupby("sequenceId").itemPosition.max()  # the item before each window's last
+    assert len(filled) and (last < data.groupby("sequenceId").itemPosition.max()[last.index]).all()
+    pd.testing.assert_frame_equal(read("top1"), filled)  # top_k 1 at temperature 3: the argmax
+    assert (read("drawn").itemId != filled.itemId).mean() > 0.1  # drawn: not the argmax
+    status = json.loads((root / RUN / "status.json").read_text())
+    inputs = [root / RUN / "train.yaml", root / "results/example/metadata.json", root / "pretrained/base.pt"]
+    assert status["inputs"] == f"{content_hash(inputs)} gpus=0"  # the stamp covers the model
+
+    assert "Nothing to be done" in snakemake(root, "-n").stdout
+    shutil.copy(tuned, root / "pretrained/base.pt")  # another model of the same structure
+    dry = snakemake(root, "-n")
+    assert dry.returncode == 0 and job_counts(dry.stdout)["train"] == 1, dry.stdout[-3000:]
+    assert re.search(r"reason: Updated input files: [^\n]*pretrained/base.pt", dry.stdout), dry.stdout
+
+
+@pytest.mark.parametrize(
+    "config, line, expected",
+    [
+        (
+            "train.yaml",
+            "init_from: pretrained/missing.pt",
+            "config/train.yaml: init_from: 'pretrained/missing.pt': not a file",
+        ),
+        (  # a model in a run's folder, which Snakemake empties before it trains the run again
+            "train.yaml",
+            f"init_from: {RUN}/models/sequifier-{RUN.name}-best-3.pt",
+            f"{RUN}/models/sequifier-{RUN.name}-best-3.pt' is in results/example/runs, the runs' outputs",
+        ),
+        ("infer.yaml", "top_p: 1.5", "top_p: 1.5 is not valid"),
+        ("infer.yaml", "top_k: 3", "top_k: 3, but sample_from_distribution_columns is empty"),
+    ],
+)
+def test_a_bad_init_from_model_or_infer_setting_stops_the_workflow_before_any_job(
+    built, tmp_path, config, line, expected
+):
+    root = copy_of(built, tmp_path)
+    path = root / "config" / config
+    path.write_text(path.read_text() + f"{line}\n")
+    dry = snakemake(root, "-n")
+    assert dry.returncode != 0 and "Traceback" not in dry.stdout + dry.stderr
+    assert expected in dry.stdout + dry.stderr and f"config/{config}" in dry.stdout + dry.stderr
+    assert not job_counts(dry.stdout), "no job is listed"
 
 
 def slurm_jobs(root):

@@ -2,8 +2,9 @@
 
 `application.run` applies each model of the `plan`: a predictor (`predictors`) behind the
 `model_steps` that single predictions and generation share, which translate the data's ids and
-scales into the model's and `decode` its outputs back to values; `generate` runs autoregression,
-`sinks` write the outputs.
+scales into the model's and `decode` its outputs back to values (`sampling` draws the sampled
+columns); `generate` runs autoregression, `masked` fills in the items of masked models and writes
+their per-item embeddings, `sinks` write the outputs.
 
 `run` is imported on first use, so that importing a module of this package stays light.
 """

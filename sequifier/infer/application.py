@@ -1,6 +1,7 @@
 """`sequifier infer`: trained models applied to windows, results in the user's own format.
 
-Generative models predict the last item of every window from the seq_length items before it:
+Generative models predict the last item of every window from the seq_length items before it (a
+model of target_offset k: from the seq_length items ending k before it):
 `sequenceId, itemPosition, <targets>` (itemPosition: the predicted item's, the window's
 lastItemPosition), with the class
 probabilities per categorical target if asked. Embedding models give the final hidden state of
@@ -20,6 +21,7 @@ from sequifier.data.columns import LAST, SEQUENCE
 from sequifier.data.window_files import IDS, PAD, count_windows, read_chunks
 from sequifier.files import locked
 from sequifier.infer.generate import Generation
+from sequifier.infer.masked import masked_tables
 from sequifier.infer.model_steps import ModelSteps
 from sequifier.infer.plan import make_infer_plan, model_setup
 from sequifier.infer.predictors import TorchPredictor, load_predictor
@@ -102,6 +104,8 @@ class Application:
         """(output name, columns) of every window of a chunk: its prediction, or its embedding."""
         if len(chunk[PAD]) == 0:  # a file without windows: its outputs hold the columns only
             return []
+        if self.predictor.args.objective == "masked":  # fill in items, or every item's embedding
+            return masked_tables(self.model, chunk, self.config)
         ids = chunk[IDS]
         positions = ids[LAST].astype(np.int64)
         context = self.model.encode(chunk)

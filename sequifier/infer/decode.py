@@ -135,9 +135,6 @@ class OutputDecoder:
         mean, std = self.metadata.scale(column)
         return values.astype(np.float64) * std + mean
 
-
-def sample(probabilities: np.ndarray, generator: np.random.Generator) -> np.ndarray:
-    """One class index per row, drawn from its distribution."""
-    cumulative = probabilities.cumsum(axis=1)
-    draws = generator.random(len(probabilities))[:, None] * cumulative[:, -1:]
-    return np.minimum((cumulative <= draws).sum(axis=1), probabilities.shape[1] - 1)
+    def real_std(self, column: str, stds: np.ndarray) -> np.ndarray:
+        """A standard deviation in the model's scale -> the data's: times the column's std only."""
+        return stds.astype(np.float64) * self.metadata.scale(column)[1]

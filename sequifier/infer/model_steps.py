@@ -15,8 +15,9 @@ import numpy as np
 from sequifier.data.columns import FILE_NAME, POSITION, SEQUENCE, SUBSEQUENCE, plain_names
 from sequifier.data.window_files import PAD
 from sequifier.errors import NumericError
-from sequifier.infer.decode import DataTranslator, OutputDecoder, sample
+from sequifier.infer.decode import DataTranslator, OutputDecoder
 from sequifier.infer.plan import ModelSetup
+from sequifier.infer.sampling import Sampler, std_columns
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,11 @@ class ModelSteps:
             setup.data_metadata, setup.model_metadata, self.inputs, str(setup.data_path)
         )
         self.decoder = OutputDecoder(setup.model_metadata, config["map_to_id"])  # and back
-        self.generator = np.random.default_rng(config["seed"])  # the draws of the sampled targets
+        self.sampler = Sampler(config)  # the draws of the sampled targets (sampling.py)
         self.batch_size = config["inference_batch_size"]  # windows per forward pass
         self.embedding = predictor.description["kind"] == "embedding"
+        gaussian = [name for name in setup.targets if name in predictor.args.gaussian_targets]
+        self.stds = std_columns(setup.targets, gaussian, (SEQUENCE, POSITION))  # {target: its std column}
         targets = list(self.kinds)  # in file names by their names where they can be, else by position
         self.file_names = dict(zip(targets, plain_names(targets, FILE_NAME, "target")))
         for target in self.setup.probabilities:
@@ -47,7 +50,8 @@ class ModelSteps:
         if self.embedding:
             dims = [str(i) for i in range(self.predictor.args.dim_model)]
             return [("embeddings", "embeddings", "embeddings", [SEQUENCE, SUBSEQUENCE, POSITION, *dims])]
-        found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *self.setup.targets])]
+        written = [column for name in self.setup.targets for column in (name, self.stds.get(name)) if column]
+        found = [("predictions", "predictions", "predictions", [SEQUENCE, POSITION, *written])]
         for target in self.setup.probabilities:
             names = [SEQUENCE, POSITION, *self.decoder.class_names(target)]
             suffix = f"{self.file_names[target]}-probabilities"
@@ -56,23 +60,26 @@ class ModelSteps:
 
     def encode(self, chunk: dict, rows: np.ndarray | None = None) -> dict:
         """The S items that the output of each window of a chunk (or of its `rows`) is computed from,
-        in the model's encoding: those before the last item, or after the first for an embedding."""
+        in the model's encoding: the first S of the S + k read (the window's last item is the one
+        predicted, k = target_offset steps after them), or the last S for an embedding and for a
+        masked model (its items 1..W, as in its training)."""
         picked = slice(None) if rows is None else rows
         blocks = {name: chunk[name][picked].numpy() for name in self.inputs}
         blocks = self.translate(blocks, chunk[PAD][picked].numpy())
-        window = slice(1, None) if self.embedding else slice(None, -1)
+        length, masked = self.predictor.args.seq_length, self.predictor.args.objective == "masked"
+        window = slice(-length, None) if self.embedding or masked else slice(None, length)
         return {name: np.ascontiguousarray(block[:, window]) for name, block in blocks.items()}
 
     def step(self, context: dict, sequences: np.ndarray) -> tuple[dict, dict, dict]:
         """The next item of every context (of the sequences `sequences`): (values per target,
         probabilities per target asked for, the items in the model's encoding)."""
-        return self._decode(self._forward(context, sequences))
+        return self.decode(self.forward(context, sequences))
 
     def embed(self, context: dict, sequences: np.ndarray) -> np.ndarray:
         """The final hidden state of every context's last item: [batch, dim_model]."""
-        return self._forward(context, sequences)
+        return self.forward(context, sequences)
 
-    def _forward(self, context: dict, sequences: np.ndarray):
+    def forward(self, context: dict, sequences: np.ndarray):
         """The predictor over contexts of any number, in batches of batch_size; outputs that are
         not finite are an error (before anything of them is written)."""
         size, n = self.batch_size, len(next(iter(context.values())))
@@ -104,16 +111,22 @@ class ModelSteps:
             "was), or the data's real values lie far beyond those it was trained on"
         )
 
-    def _decode(self, outputs: dict) -> tuple[dict, dict, dict]:
+    def decode(self, outputs: dict) -> tuple[dict, dict, dict]:
         """Per target: a real value, or a class (argmax, or a draw for the sampled targets)."""
         values, probabilities, encoded = {}, {}, {}
         for target in self.setup.targets:
             out = outputs[target]
+            if target in self.stds:  # [batch, 2]: the mean and the variance, in the model's scale
+                mean, variance = out[:, 0], out[:, 1]
+                item = self.sampler.real(mean, variance) if target in self.setup.sampled else mean
+                values[target], encoded[target] = self.decoder.real(target, item), item
+                values[self.stds[target]] = self.decoder.real_std(target, np.sqrt(variance))
+                continue
             if self.kinds[target] == "real":
                 values[target], encoded[target] = self.decoder.real(target, out), out
                 continue
             probs = self.decoder.probabilities(target, out)
-            index = sample(probs, self.generator) if target in self.setup.sampled else probs.argmax(axis=1)
+            index = self.sampler.categorical(probs) if target in self.setup.sampled else probs.argmax(axis=1)
             values[target], encoded[target] = (
                 self.decoder.ids(target, index),
                 self.decoder.class_ids(target, index),

@@ -16,6 +16,8 @@ from sequifier import config as stage_config
 from sequifier.data.metadata import Metadata
 from sequifier.data.window_files import WindowSource
 from sequifier.errors import ConfigError
+from sequifier.infer import sampling
+from sequifier.infer.masked import check_masked
 from sequifier.model.export import find_export
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ def _default_model(config: dict, source: str, root: Path) -> Path:
 
 def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
     config = copy.deepcopy(loaded)
+    sampling.check_keys(config, lambda message: _refuse(source, message))
     root = Path(config["project_root"])
     paths = config["model_path"]
     if paths is None:
@@ -89,6 +92,10 @@ def make_infer_plan(loaded: dict, source: str = "infer config") -> InferPlan:
             f"{source}: autoregression_total_steps: null, but autoregression needs a number of steps"
         )
     return InferPlan(config, source, root, models, root / config["output_path"])
+
+
+def _refuse(source: str, message: str):
+    raise ConfigError(f"{source}: {message}")
 
 
 def output_base(model_path: Path) -> str:
@@ -114,10 +121,12 @@ def _check_columns(plan: InferPlan, args, data_metadata: Metadata, metadata_name
             )
         if kinds[name] != kind:
             plan.fail(f"column '{name}' is {kinds[name]} in the data ({metadata_name}), {kind} in the model")
-    if args.seq_length > data_metadata.seq_length:
+    width = args.seq_length + args.target_offset - 1  # the inputs and the item k steps after them
+    if width > data_metadata.seq_length:
+        ahead = f" and predicts {args.target_offset} steps ahead" if args.target_offset > 1 else ""
         plan.fail(
-            f"the model reads {args.seq_length} items, but the windows of {metadata_name} hold "
-            f"{data_metadata.seq_length}; preprocess with seq_length >= {args.seq_length}"
+            f"the model reads {args.seq_length} items{ahead}, but the windows of {metadata_name} hold "
+            f"{data_metadata.seq_length} + 1; preprocess with seq_length >= {width}"
         )
 
 
@@ -138,12 +147,23 @@ def _targets(plan: InferPlan, args) -> tuple[list, list, list]:
             "or set output_probabilities: false"
         )
     sampled = config["sample_from_distribution_columns"] or []
+    gaussian = [name for name in targets if name in args.gaussian_targets]  # real, with a distribution
     for name in sampled:
-        if name not in categorical:
+        if name not in categorical and name not in gaussian:
             plan.fail(
                 f"sample_from_distribution_columns: '{name}' is not a categorical target written "
-                f"({', '.join(categorical) or 'none'})"
+                f"({', '.join(categorical) or 'none'}) nor a real one with a predicted distribution "
+                f"({', '.join(gaussian) or 'none'}); a real target is sampled from the normal distribution "
+                "of a model trained with training_spec.criterion: {TARGET: GaussianNLLLoss}"
             )
+    if config["autoregression"] and args.target_offset > 1:
+        plan.fail(
+            f"autoregression: true, but the model predicts the item target_offset {args.target_offset} steps "
+            "ahead; autoregression feeds each prediction back as the next input item, which needs a model "
+            "of target_offset 1"
+        )
+    if sampled:
+        sampling.check_columns(config, sampled, categorical, plan.fail)
     if config["autoregression"]:
         missing = [name for name, *_ in args.input_columns if name not in targets]
         if missing:
@@ -173,6 +193,7 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
             f"infer_with_dropout: true, but {model_path} was exported without dropout; "
             "use the pt model, or train with export_with_dropout: true"
         )
+    check_masked(config, args, plan.fail)
     model_metadata = Metadata.from_dict(
         description["metadata"], f"the metadata of {model_path}", "train the model again"
     )
@@ -203,7 +224,13 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
             "metadata these windows were written with (their values are then matched to the model's ids)"
         )
     windows = WindowSource.of(
-        data_metadata, data_path, config["read_format"], inputs, args.seq_length, metadata_name, remedy=remedy
+        data_metadata,
+        data_path,
+        config["read_format"],
+        inputs,
+        args.seq_length + args.target_offset - 1,
+        metadata_name,
+        remedy=remedy,
     )
     return ModelSetup(
         output_base(model_path),

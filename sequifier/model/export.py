@@ -1,13 +1,15 @@
 """Exported models: pt bundles and ONNX files, generative or embedding.
 
-A pt bundle is self-contained: the model's arguments and weights, the resolved train config and
-the metadata, so inference needs nothing else. An ONNX file takes one tensor per input column
-([batch, seq_length], a dynamic batch axis), gives next_{target} (logits or values of the next
-item) or sequence_embedding, and holds its weights in the one file. Its inputs and outputs are
-named by the columns where a column name is a plain identifier (letters, digits, `_`), else by
-position (input_{i}, next_{i}); see `onnx_names`. It also carries the bundle's description without
-the weights (kind, epoch, model arguments, config and metadata, and the ONNX names in column
-order) as JSON in its metadata property CONTRACT, so ONNX inference needs nothing else either.
+A pt bundle is self-contained: the model's arguments and weights, the resolved train config and the
+metadata, so inference needs nothing else. An ONNX file takes one tensor per input column ([batch,
+seq_length], a dynamic batch axis), gives next_{target} (logits or values of the next item;
+ahead{k}_{target} of a model with target_offset k > 1; filled_{target}, every position's, of a
+masked model) or sequence_embedding (position_embeddings of a masked model), and holds its weights
+in the one file. Its inputs and outputs are named by the columns where a column name is a plain
+identifier (letters, digits, `_`), else by position (input_{i}, next_{i}); see `onnx_names`. It
+also carries the bundle's description without the weights (kind, epoch, model arguments, config and
+metadata, and the ONNX names in column order) as JSON in its metadata property CONTRACT, so ONNX
+inference needs nothing else either.
 
 Both carry a sha256 checksum of their content (`checksum`: weights and description; in ONNX the
 property CHECKSUM, over the graph with its weights and the description), verified when the file
@@ -216,10 +218,12 @@ def onnx_names(args: ModelArgs, kind: str) -> tuple[list, list]:
     is a plain identifier, else input_{i} (next_{i}) by its position; all by position should that
     name two alike. The names are kept in the export's description (onnx_inputs, onnx_outputs)."""
     inputs = plain_names([name for name, *_ in args.input_columns], IDENTIFIER, "input_")
+    masked = args.objective == "masked"
     if kind != "generative":
-        return inputs, ["sequence_embedding"]
+        return inputs, ["position_embeddings" if masked else "sequence_embedding"]
     targets = plain_names([name for name, *_ in args.target_columns], IDENTIFIER, "")
-    return inputs, [f"next_{name}" for name in targets]
+    prefix = "filled" if masked else "next" if args.target_offset == 1 else f"ahead{args.target_offset}"
+    return inputs, [f"{prefix}_{name}" for name in targets]
 
 
 @contextmanager

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+VARIANCE_FLOOR = 1e-6  # the least variance a GaussianNLLLoss head predicts (softplus(raw) + floor)
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -31,6 +33,9 @@ class ModelArgs:
     positional_encoding: str = "learned"
     rope_theta: float = 10000.0
     dropout: float = 0.0
+    target_offset: int = 1  # k: the model predicts the item k steps after each input item
+    gaussian_targets: tuple = ()  # real targets whose head predicts a mean and a variance (GaussianNLLLoss)
+    objective: str = "causal"  # causal: attention to earlier items; masked: to all (bidirectional)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +45,7 @@ class ModelArgs:
         data = dict(data)
         data["input_columns"] = tuple(tuple(c) for c in data["input_columns"])
         data["target_columns"] = tuple(tuple(c) for c in data["target_columns"])
+        data["gaussian_targets"] = tuple(data.get("gaussian_targets", ()))
         return cls(**data)
 
 
@@ -58,14 +64,25 @@ class ColumnEncoders(nn.Module):
             nn.Embedding(n_classes, width) if kind == "categorical" else nn.Linear(1, width)
             for _, kind, n_classes, width in args.input_columns
         )
+        self.mask_vectors = nn.ParameterList(  # masked: the encoding of a masked (NaN) real value
+            nn.Parameter(torch.randn(width) * 0.02)
+            for _, kind, _, width in args.input_columns
+            if kind == "real" and args.objective == "masked"
+        )
         joint = sum(width for *_, width in args.input_columns)
         self.project = nn.Identity() if joint == args.dim_model else nn.Linear(joint, args.dim_model)
 
     def forward(self, inputs: dict) -> torch.Tensor:
-        parts = []
+        parts, vectors = [], iter(self.mask_vectors)
         for (name, kind), encoder in zip(self.columns, self.encoders):
             values = inputs[name]
-            parts.append(encoder(values) if kind == "categorical" else encoder(values.unsqueeze(-1)))
+            if kind == "categorical":
+                parts.append(encoder(values))
+            elif len(self.mask_vectors):
+                masked = values.isnan().unsqueeze(-1)
+                parts.append(torch.where(masked, next(vectors), encoder(values.nan_to_num().unsqueeze(-1))))
+            else:
+                parts.append(encoder(values.unsqueeze(-1)))
         return self.project(torch.cat(parts, dim=-1))
 
 
@@ -100,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         self.key_value = nn.Linear(args.dim_model, 2 * self.n_kv_heads * self.head_dim)
         self.out = nn.Linear(args.dim_model, args.dim_model)
         self.out.residual = True
-        self.dropout = args.dropout
+        self.dropout, self.causal = args.dropout, args.objective == "causal"
         self.rotary = (
             Rotary(self.head_dim, args.seq_length, args.rope_theta)
             if args.positional_encoding == "rope"
@@ -119,7 +136,7 @@ class CausalSelfAttention(nn.Module):
             repeat = self.n_head // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
         dropout = self.dropout if self.training else 0.0
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=not last)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=self.causal and not last)
         return self.out(y.transpose(1, 2).reshape(batch, queries.shape[1], dim))
 
 
@@ -163,7 +180,8 @@ class Block(nn.Module):
 
 class Transformer(nn.Module):
     """inputs {column: [batch, length]} -> outputs {target: [batch, length, classes] or [batch, length]}:
-    at every position, the prediction of the next item."""
+    at every position, the prediction of the next item; a target of `gaussian_targets` gives
+    [batch, length, 2]: its mean and its variance (softplus, at least VARIANCE_FLOOR)."""
 
     def __init__(self, args: ModelArgs):
         super().__init__()
@@ -176,8 +194,10 @@ class Transformer(nn.Module):
         self.blocks = nn.ModuleList(Block(args) for _ in range(args.num_layers))
         self.final_norm = make_norm(args.normalization, args.dim_model)
         self.heads = nn.ModuleList(  # in target-column order
-            nn.Linear(args.dim_model, n_classes if kind == "categorical" else 1)
-            for _, kind, n_classes in args.target_columns
+            nn.Linear(
+                args.dim_model, n_classes if kind == "categorical" else 1 + (name in args.gaussian_targets)
+            )
+            for name, kind, n_classes in args.target_columns
         )
         self.apply(self._initialize)
 
@@ -204,7 +224,11 @@ class Transformer(nn.Module):
         outputs = {}
         for (name, kind, _), head in zip(self.args.target_columns, self.heads):
             out = head(hidden)
-            outputs[name] = out if kind == "categorical" else out.squeeze(-1)
+            if name in self.args.gaussian_targets:  # [..., 2]: the mean, and a positive variance
+                out = torch.stack((out[..., 0], F.softplus(out[..., 1]) + VARIANCE_FLOOR), dim=-1)
+            outputs[name] = (
+                out if kind == "categorical" or name in self.args.gaussian_targets else out.squeeze(-1)
+            )
         return outputs
 
     def forward(self, inputs: dict) -> dict:
@@ -213,7 +237,8 @@ class Transformer(nn.Module):
 
 class GenerativeHead(nn.Module):
     """The export form: input tensors in input-column order -> the next item's outputs, one per
-    target in target order (class logits [batch, classes] or values [batch])."""
+    target in target order (class logits [batch, classes] or values [batch]); of a masked model,
+    the outputs of every position (the item there: [batch, length, classes] or [batch, length])."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -221,12 +246,15 @@ class GenerativeHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> tuple:
+        if self.model.args.objective == "masked":  # every position's item: [batch, length, ...]
+            return tuple(self.model.predict(self.model.hidden(dict(zip(self.names, inputs)))).values())
         hidden = self.model.hidden(dict(zip(self.names, inputs)), last_only=True)
         return tuple(out[:, 0] for out in self.model.predict(hidden).values())
 
 
 class EmbeddingHead(nn.Module):
-    """The export form: input tensors -> the final-norm hidden state of the last position."""
+    """The export form: input tensors -> the final-norm hidden state of the last position (of a
+    masked model: of every position)."""
 
     def __init__(self, model: Transformer):
         super().__init__()
@@ -234,4 +262,6 @@ class EmbeddingHead(nn.Module):
         self.names = [name for name, *_ in model.args.input_columns]
 
     def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.model.args.objective == "masked":  # every position's: [batch, length, dim_model]
+            return self.model.hidden(dict(zip(self.names, inputs)))
         return self.model.hidden(dict(zip(self.names, inputs)), last_only=True)[:, -1]

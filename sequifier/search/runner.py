@@ -39,6 +39,7 @@ class Search:
         )
         self.points = space.run_ids(points)
         self.configs = space.run_configs(self.points, base, source, self.overrides)
+        space.check_init_from(self.points, self.configs, source, str(train_path))
 
     def overrides(self, name: str, point: dict) -> dict:
         """What a run sets besides its point: its name, and its W&B group, name and tags."""
@@ -70,8 +71,13 @@ class Search:
             status=self.folder / "runs" / f"{name}.status.json",
             log=self.folder / "logs" / f"{name}.log",
             threads=threads,
-            inputs=[self.config_path(name)],
+            inputs=[self.config_path(name), *self._init_from(name)],
         )
+
+    def _init_from(self, name: str) -> list:
+        """The model a run starts from (init_from), if any: a new one trains the run again."""
+        source = space.init_from_file(self.configs[name])
+        return [source] if source is not None else []
 
     def finished(self, name: str) -> bool:
         """Whether the run is done with its config as it is now."""
@@ -103,8 +109,9 @@ class Search:
                     continue
                 running.remove(entry)
                 status = run.finish(process.returncode, time.monotonic() - started)
-                if status == "failed":
-                    log.warning("run %s failed (exit %d); see %s", run.name, process.returncode, run.log)
+                if status == "failed":  # bad settings: the run's error says which
+                    error = read_json(run.status).get("error", f"exit {process.returncode}")
+                    log.warning("run %s failed: %s; see %s", run.name, error, run.log)
                 elif status is None:
                     log.warning(
                         "run %s stopped without an outcome (exit %d: a crash or a kill); the next search "

@@ -11,6 +11,7 @@ import hashlib
 import itertools
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 
@@ -105,6 +106,36 @@ def run_configs(ids: dict, base: dict, source: str, overrides) -> dict:
                 f"{source}: a point of the space ({keys}) is not a valid train config:\n{error}"
             ) from None
     return configs
+
+
+def init_from_file(resolved: dict) -> Path | None:
+    """The model a run starts from (init_from of its resolved train config, under its project
+    root), or None: an input of the run, so that a new one trains it again."""
+    if not resolved["init_from"]:
+        return None
+    return Path(resolved["project_root"]) / resolved["init_from"]
+
+
+def check_init_from(ids: dict, configs: dict, source: str, train_source: str, outputs=None) -> None:
+    """Every run's init_from model is a file, and not in `outputs` (the workflow's folder of the
+    runs, which Snakemake empties before it trains a run again): an error before any run starts,
+    naming the point's key in the space (`source`) or init_from of the train config."""
+    for name, resolved in configs.items():
+        path = init_from_file(resolved)
+        if path is None:
+            continue
+        where = f"{source}: space.init_from (run {name})" if "init_from" in ids[name] else train_source
+        where = f"{where}: init_from: '{resolved['init_from']}'"
+        if outputs is not None and path.resolve().is_relative_to(Path(outputs).resolve()):
+            raise ConfigError(
+                f"{where} is in {outputs}, the runs' outputs, which a run trained again replaces: "
+                "copy the model out of it (e.g. to pretrained/) and name the copy"
+            )
+        if not path.is_file():
+            full = f" ({path})" if str(path) != resolved["init_from"] else ""
+            raise ConfigError(
+                f"{where}: not a file{full}; expected a pt model bundle or a training checkpoint"
+            )
 
 
 def tags(point: dict) -> list[str]:

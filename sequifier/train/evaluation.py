@@ -6,7 +6,8 @@ Sums are taken per process and added up over the processes (DDP), so a figure is
 whatever the number of processes.
 
 The baselines, computed once on the validation split with the same targets and loss:
-- `last_value`: repeat the item before the target (categorical: its accuracy; real: its loss);
+- `last_value`: repeat the last input item, the one target_offset steps before the target
+  (categorical: its accuracy; real: its loss);
 - `training_prior`: the training split's class frequencies (categorical: their cross-entropy, and
   the accuracy of always predicting the most frequent class) or its mean (real: its loss);
 - `best`: per target the lower loss and the higher accuracy of the two.
@@ -20,7 +21,7 @@ import torch
 from sequifier.data.columns import FIRST_ID, OTHER_ID
 from sequifier.data.metadata import Metadata
 from sequifier.train import distributed
-from sequifier.train.objective import REAL_LOSSES, Objective, model_inputs
+from sequifier.train.objective import REAL_LOSSES, Objective
 
 BASELINES = ("last_value", "training_prior")
 
@@ -57,7 +58,9 @@ class Evaluator:
         self.weights = config["training_spec"]["loss_weights"]
 
     def batches(self):
+        """The split's batches in fixed order; the objective's draws (masks) made per window."""
         rank, world = self.process.rank, self.process.world
+        self.objective.reseed(None)
         return self.windows.batches(
             self.config["inference_batch_size"], shuffle=False, rank=rank, world=world
         )
@@ -71,7 +74,7 @@ class Evaluator:
         counts = {name: None for name in self.config["training_spec"]["class_share_log_columns"]}
         for batch in self.batches():
             with autocast():
-                outputs = model(model_inputs(batch, self.config["input_columns"], self.device))
+                outputs = model(self.objective.inputs(batch, self.config["input_columns"], self.device))
             add(losses, self.objective.losses(outputs, batch))
             add(right, self.objective.correct(outputs, batch))
             for name in counts:
@@ -98,12 +101,13 @@ class Evaluator:
         last value's cross-entropy: a certain prediction that is wrong costs infinitely much)."""
         priors = self._priors(metadata)
         sums = {kind: ({}, {}) for kind in BASELINES}
-        objective, length = self.objective, self.objective.length
+        objective, length, k = self.objective, self.objective.length, self.objective.offset
         for batch in self.batches():
+            objective.inputs(batch, self.config["input_columns"], self.device)  # the masks, if any
             mask = objective.mask(batch, self.device)
             for name in self.targets:
                 target = objective.targets_of(batch, name, self.device)
-                last = batch[name][:, -length - 1 : -1].to(self.device)  # the item before each target
+                last = batch[name][:, -length - k : -k].to(self.device)  # the last input of each target
                 prior = priors[name]
                 if name in self.categorical:
                     target = target.long()
@@ -119,6 +123,8 @@ class Evaluator:
                         ("last_value", last.float()),
                         ("training_prior", prior.expand_as(target)),
                     ):
+                        if objective.criteria[name] == "GaussianNLLLoss":  # the data's variance: 1
+                            guess = torch.stack((guess, torch.ones_like(guess)), dim=-1)
                         per_item = loss(guess, target.float(), reduction="none")
                         add(sums[kind][0], {name: objective.summed(name, per_item, target, mask)})
         found = {}

@@ -1,4 +1,5 @@
-"""The metrics CSV of a training run: one row per validation, rewritten atomically each time.
+"""The metrics CSV of a training run (one row per validation, rewritten atomically each time), and
+the report of each row to W&B and the log.
 
 Rows of kind `epoch` (epoch 0: the untrained model, before the first optimizer step) and
 `interval` hold the model's figures; rows of kind `baseline_last_value`,
@@ -7,10 +8,13 @@ of the validation split (see `sequifier.train.evaluation`), once, in the validat
 """
 
 import csv
+import logging
 import math
 from pathlib import Path
 
 from sequifier.files import atomic_path
+
+log = logging.getLogger(__name__)
 
 
 def metrics_file(logs, model_name: str) -> Path:
@@ -84,3 +88,37 @@ def class_shares(counts, id_map: dict, top: int = 10) -> dict:
     total = max(int(counts.sum()), 1)
     order = sorted(range(len(counts)), key=lambda i: -int(counts[i]))[:top]
     return {str(names.get(i, i)): int(counts[i]) / total for i in order}
+
+
+def report_row(row: dict, validation: dict, id_maps: dict, tracker, step: int) -> None:
+    """A metrics row to W&B (at optimizer step `step`) and the log, with the shares of the classes
+    predicted (named by the id maps)."""
+    logged = tracked(row)
+    for name, found in validation["counts"].items():
+        shares = class_shares(found, id_maps.get(name, {}))
+        listed = ", ".join(f"{k}: {v:.3f}" for k, v in shares.items())
+        log.info("predicted class shares of %s: %s", name, listed)
+        logged.update({f"class_share/{name}/{value}": share for value, share in shares.items()})
+    tracker.log(logged, step=step)
+    trained = f"train loss {row['train_loss']:.5f}" if row["epoch"] else "untrained"
+    found = f"validation loss {validation['loss']:.5f}{_accuracies(validation)}"
+    log.info("epoch %d batch %d: %s, %s", row["epoch"], row["batch"], trained, found)
+
+
+def report_baselines(baselines: dict, tracker) -> None:
+    """The baselines of the validation split to the W&B summary and the log."""
+    summary = {
+        f"baseline/{kind}/{key}/{name}": value
+        for kind, found in baselines.items()
+        for key in ("losses", "accuracy")
+        for name, value in found[key].items()
+    }
+    tracker.summary({**summary, **{f"baseline/{k}/loss": f["loss"] for k, f in baselines.items()}})
+    best = baselines["best"]
+    found = f"loss {best['loss']:.5f}{_accuracies(best)}"
+    log.info("baselines on the validation split (best per target): %s", found)
+
+
+def _accuracies(evaluation: dict) -> str:
+    """ ", accuracy of {target} {value}" for each categorical target of an evaluation, for the log."""
+    return "".join(f", accuracy of {n} {v:.4f}" for n, v in evaluation["accuracy"].items())

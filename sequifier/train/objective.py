@@ -1,6 +1,6 @@
-"""The training objective: predict item t+1 of every target from items up to t.
+"""The training objective: predict item t+k of every target from items up to t (k: target_offset).
 
-A window of seq_length + 1 items gives the inputs (items 0..S-1) and the targets (items 1..S).
+A window of seq_length + k items gives the inputs (items 0..S-1) and the targets (items k..S+k-1).
 The loss covers the last `prediction_length` positions, without the targets that are padding or
 items of an earlier split (context of a validation or test window, never its targets).
 """
@@ -11,18 +11,33 @@ import torch.nn.functional as F
 from sequifier.data.columns import FIRST_ID
 from sequifier.data.window_files import SPLIT_START
 
-REAL_LOSSES = {"MSELoss": F.mse_loss, "L1Loss": F.l1_loss, "HuberLoss": F.huber_loss}
+
+def gaussian_nll(predicted: torch.Tensor, target: torch.Tensor, reduction: str = "none") -> torch.Tensor:
+    """torch's GaussianNLLLoss (without its constant) of predictions [..., 2]: mean and variance."""
+    return F.gaussian_nll_loss(predicted[..., 0], target, predicted[..., 1], reduction=reduction)
 
 
-def model_inputs(batch: dict, columns, device) -> dict:
-    """The input items of a batch: all but the last item of each window."""
-    return {name: batch[name][:, :-1].to(device, non_blocking=True) for name in columns}
+REAL_LOSSES = {
+    "MSELoss": F.mse_loss,
+    "L1Loss": F.l1_loss,
+    "HuberLoss": F.huber_loss,
+    "GaussianNLLLoss": gaussian_nll,
+}
 
 
-def target_mask(split_start: torch.Tensor, seq_length: int, prediction_length: int) -> torch.Tensor:
+def model_inputs(batch: dict, columns, device, offset: int = 1) -> dict:
+    """The input items of a batch: all but the last `offset` (k) items of each window."""
+    return {name: batch[name][:, :-offset].to(device, non_blocking=True) for name in columns}
+
+
+def target_mask(
+    split_start: torch.Tensor, seq_length: int, prediction_length: int, offset: int = 1
+) -> torch.Tensor:
     """[windows, prediction_length]: which of the last prediction_length targets are items of the
-    window's own split; `split_start` is each window's first such slot (after padding and context)."""
-    slots = torch.arange(seq_length - prediction_length + 1, seq_length + 1, device=split_start.device)
+    window's own split; `split_start` is each window's first such slot (after padding and context),
+    in windows of seq_length + offset slots."""
+    end = seq_length + offset
+    slots = torch.arange(end - prediction_length, end, device=split_start.device)
     return slots.unsqueeze(0) >= split_start.unsqueeze(1).long()
 
 
@@ -32,6 +47,7 @@ class Objective:
     def __init__(self, args, training_spec: dict, prediction_length: int, device):
         self.targets = [(name, kind) for name, kind, _ in args.target_columns]
         self.seq_length, self.length = args.seq_length, prediction_length
+        self.offset = args.target_offset  # k: a target is the item k steps after its input
         self.criteria = training_spec["criterion"]
         self.weights = training_spec["loss_weights"]
         self.class_weights = {
@@ -39,9 +55,15 @@ class Objective:
             for name, w in (training_spec["class_weights"] or {}).items()
         }
 
+    def reseed(self, seed: int | None) -> None:
+        """Seed the objective's own draws, None: per window (none here; see masking.py)."""
+
+    def inputs(self, batch: dict, columns, device) -> dict:
+        return model_inputs(batch, columns, device, self.offset)
+
     def mask(self, batch: dict, device) -> torch.Tensor:
         """[windows, prediction_length]: the targets that count (the window's own split's items)."""
-        return target_mask(batch[SPLIT_START].to(device), self.seq_length, self.length)
+        return target_mask(batch[SPLIT_START].to(device), self.seq_length, self.length, self.offset)
 
     def targets_of(self, batch: dict, name: str, device) -> torch.Tensor:
         """The last prediction_length targets of a column."""

@@ -19,9 +19,10 @@ from sequifier.errors import ConfigError
 from sequifier.model.network import ModelArgs
 from sequifier.train.metrics import metrics_file
 from sequifier.train.optim import optimizer_class
+from sequifier.train.transfer import check_plan
 
 log = logging.getLogger(__name__)
-REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss")
+REAL_CRITERIA = ("MSELoss", "L1Loss", "HuberLoss", "GaussianNLLLoss")
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,9 @@ class TrainPlan:
         """How to read the windows at `path`: the stored columns, and the ones the model uses."""
         config = self.config
         keep = dict.fromkeys([*config["input_columns"], *config["target_columns"]])
+        width = config["seq_length"] + config["target_offset"] - 1  # items read: seq_length + target_offset
         return WindowSource.of(
-            self.metadata, path, config["read_format"], keep, config["seq_length"], str(self.metadata_path),
+            self.metadata, path, config["read_format"], keep, width, str(self.metadata_path),
             remedy="set metadata_config_path to the metadata they were written with, or "
             "training_data_path and validation_data_path to this metadata's windows (null: its own)",
         )  # fmt: skip
@@ -83,6 +85,13 @@ class TrainPlan:
             positional_encoding=spec["positional_encoding"],
             rope_theta=spec["rope_theta"],
             dropout=self.config["training_spec"]["dropout"],
+            target_offset=self.config["target_offset"],
+            gaussian_targets=tuple(
+                name
+                for name, loss in self.config["training_spec"]["criterion"].items()
+                if loss == "GaussianNLLLoss"
+            ),
+            objective=self.config["objective"],
         )
 
 
@@ -201,6 +210,28 @@ def _training_spec(config: dict, metadata: Metadata, fail) -> None:
             )
 
 
+def _seq_length(config: dict, metadata: Metadata, metadata_path: Path, fail) -> int:
+    """The context length: a window read holds seq_length + target_offset items (inputs, then the
+    target k steps after the last of them), out of the W + 1 items preprocess stored."""
+    offset, stored = config["target_offset"], metadata.seq_length + 1
+    seq_length = config["seq_length"] or stored - offset
+    if seq_length < 1 or seq_length + offset > stored:
+        if offset == 1:
+            fail(
+                f"seq_length: {seq_length} is longer than the preprocessed windows ({metadata.seq_length} "
+                f"in {metadata_path}); preprocess again with a larger seq_length or train with a smaller one"
+            )
+        longest = f"seq_length <= {stored - offset}" if stored > offset else "a smaller target_offset"
+        fail(
+            f"target_offset: {offset} with seq_length: {config['seq_length'] or 'null'} needs windows of "
+            f"{max(seq_length, 1) + offset} items, but the preprocessed windows hold {stored} (seq_length "
+            f"{metadata.seq_length} in {metadata_path}); train with {longest}, or preprocess again with "
+            f"seq_length >= {max(seq_length, 1) + offset - 1}"
+        )
+    config["seq_length"] = seq_length
+    return seq_length
+
+
 def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     config = copy.deepcopy(loaded)
 
@@ -212,13 +243,12 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     metadata = Metadata.load(metadata_path)
     config["metadata_config_path"] = os.path.relpath(metadata_path, root)  # as every path: relative to root
     _columns(config, metadata, fail)
-    seq_length = config["seq_length"] or metadata.seq_length
-    if seq_length > metadata.seq_length:
+    if config["objective"] == "masked" and config["target_offset"] != 1:
         fail(
-            f"seq_length: {seq_length} is longer than the preprocessed windows ({metadata.seq_length} "
-            f"in {metadata_path}); preprocess again with a larger seq_length or train with a smaller one"
+            f"objective: masked with target_offset: {config['target_offset']}: a masked model predicts the "
+            "items it reads (in place); use target_offset: 1, or objective: causal for k steps ahead"
         )
-    config["seq_length"] = seq_length
+    seq_length = _seq_length(config, metadata, metadata_path, fail)
     prediction_length = config["model_spec"]["prediction_length"] or seq_length
     if prediction_length > seq_length:
         fail(f"model_spec.prediction_length: {prediction_length} is longer than seq_length ({seq_length})")
@@ -237,7 +267,7 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
     config["validation_data_path"] = config["validation_data_path"] or paths[min(1, len(paths) - 1)]
     config["read_format"] = config["read_format"] or metadata.write_format
     config["wandb"]["name"] = config["wandb"]["name"] or config["model_name"]
-    return TrainPlan(
+    plan = TrainPlan(
         config,
         source,
         metadata,
@@ -248,3 +278,5 @@ def make_train_plan(loaded: dict, source: str = "train config") -> TrainPlan:
         root / config["checkpoints_path"],
         root / config["logs_path"],
     )
+    check_plan(plan)  # init_from: every mismatch before any window is read
+    return plan

@@ -9,13 +9,14 @@ import contextlib
 import copy
 import logging
 import os
+from pathlib import Path
 
 import torch
 
 from sequifier.files import locked, remove
 from sequifier.model import export
 from sequifier.model.network import Transformer
-from sequifier.train import checkpoint, distributed
+from sequifier.train import checkpoint, distributed, transfer
 from sequifier.train.plan import TrainPlan, make_train_plan
 from sequifier.train.tracking import Tracker
 from sequifier.train.trainer import Trainer
@@ -60,7 +61,7 @@ def export_run(
 
 def _log_to_file(plan: TrainPlan) -> logging.Handler:
     plan.logs.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(plan.log_path)
+    handler = logging.FileHandler(plan.log_path, delay=True)  # the file is made by its first line
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger("sequifier").addHandler(handler)
     return handler
@@ -89,6 +90,7 @@ def run(loaded: dict, source: str = "train config") -> dict:
     try:
         if process.main:  # the process that lives the whole run holds the model name's files
             owned.enter_context(_lock(plan))
+            handler = _log_to_file(plan)  # from here on: what the run says reaches its log file
             if not spec["continue_training"]:
                 checkpoint.start_anew(plan.checkpoints, plan.name)
         if process.device.type == "cuda":
@@ -100,7 +102,9 @@ def run(loaded: dict, source: str = "train config") -> dict:
         latest = checkpoint.latest(plan.checkpoints, plan.name) if spec["continue_training"] else None
         if latest is not None:
             trainer.resume(latest)
-        handler = _log_to_file(plan) if process.main else None
+        if latest is None and plan.config["init_from"]:  # a resumed fine-tuning has its checkpoint
+            path = Path(plan.config["project_root"]) / plan.config["init_from"]
+            transfer.init_from(trainer.model, path, plan.metadata.to_dict(), plan.source)
         log.info(
             "training %s: %d parameters, %d training and %d validation windows, %d process(es)",
             plan.name,

@@ -23,20 +23,21 @@ from sequifier.train import checkpoint, distributed, nonfinite
 from sequifier.train.boundaries import Boundaries
 from sequifier.train.datasets import open_windows
 from sequifier.train.evaluation import Evaluator, add, means, weighted_total
+from sequifier.train.masking import make_objective
 from sequifier.train.metrics import (
     baseline_rows,
-    class_shares,
     metric_columns,
     model_row,
-    tracked,
+    report_baselines,
+    report_row,
     write_metrics,
 )
-from sequifier.train.objective import Objective, model_inputs
 from sequifier.train.optim import build_optimizer
 from sequifier.train.plan import TrainPlan
 from sequifier.train.progress import EpochRun, Progress
 from sequifier.train.schedules import RunLength, build_schedule
 from sequifier.train.tracking import Tracker
+from sequifier.train.transfer import freeze
 
 log = logging.getLogger(__name__)
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -51,11 +52,11 @@ class Trainer:
         self.device = process.device
         torch.manual_seed(self.config["seed"])
         self.model = Transformer(plan.model_args()).to(self.device)
+        freeze(self.model, spec["freeze"])  # before the optimizer: it holds what trains
         self.autocast = AUTOCAST.get(spec["mixed_precision"])
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=spec["mixed_precision"] == "fp16")
-        self.objective = Objective(
-            self.model.args, spec, plan.config["model_spec"]["prediction_length"], self.device
-        )
+        length = plan.config["model_spec"]["prediction_length"]
+        self.objective = make_objective(self.config, self.model.args, length, self.device)
         in_ram, buffer, readahead = (
             spec["load_full_data_to_ram"],
             spec["shuffle_buffer_size"],
@@ -161,7 +162,8 @@ class Trainer:
         for i, batch in enumerate(self._batches(run), start=self.progress.batches_done):
             group = self._group(i, run.batches)
             if i == group.start:
-                torch.manual_seed(self._group_seed(epoch, group.start))
+                torch.manual_seed(seed := self._group_seed(epoch, group.start))
+                self.objective.reseed(seed)  # the masks of a masked objective
                 group_sums = {}
             add(group_sums, self._micro_step(batch, len(group), last=i == group[-1]))
             run.windows += len(batch[PAD])
@@ -213,7 +215,9 @@ class Trainer:
         no_sync = self.network.no_sync() if self.process.distributed and not last else nullcontext()
         with no_sync:
             with self._autocast():
-                outputs = self.network(model_inputs(batch, self.config["input_columns"], self.device))
+                outputs = self.network(
+                    self.objective.inputs(batch, self.config["input_columns"], self.device)
+                )
             losses = self.objective.losses(outputs, batch)
             self.scaler.scale(self.objective.total(losses) / group_size).backward()
         return losses
@@ -313,21 +317,8 @@ class Trainer:
         self.progress.keep_row(row)
         if self.process.main:
             write_metrics(self.plan.metrics_path, self.columns, self.progress.rows)
-            self._report(row, validation, tracker)
+            report_row(row, validation, self.plan.metadata.id_maps, tracker, self.progress.steps)
         return validation["loss"]
-
-    def _report(self, row: dict, validation: dict, tracker: Tracker) -> None:
-        """A metrics row to W&B and the log, with the shares of the classes predicted."""
-        logged = tracked(row)
-        for name, found in validation["counts"].items():
-            shares = class_shares(found, self.plan.metadata.id_maps.get(name, {}))
-            listed = ", ".join(f"{k}: {v:.3f}" for k, v in shares.items())
-            log.info("predicted class shares of %s: %s", name, listed)
-            logged.update({f"class_share/{name}/{value}": share for value, share in shares.items()})
-        tracker.log(logged, step=self.progress.steps)
-        trained = f"train loss {row['train_loss']:.5f}" if row["epoch"] else "untrained"
-        found = f"validation loss {validation['loss']:.5f}{_accuracies(validation)}"
-        log.info("epoch %d batch %d: %s, %s", row["epoch"], row["batch"], trained, found)
 
     def record_start(self, tracker: Tracker) -> None:
         """Before the first optimizer step: the baselines of the validation split and the
@@ -338,22 +329,9 @@ class Trainer:
         baselines = self.evaluator.baselines(self.plan.metadata)
         p.rows.extend(baseline_rows(baselines))
         if self.process.main:
-            self._report_baselines(baselines, tracker)
+            report_baselines(baselines, tracker)
         untrained = (math.nan, {n: math.nan for n in self.config["target_columns"]})
         self.record(0, 0, "epoch", untrained, math.nan, tracker)
-
-    def _report_baselines(self, baselines: dict, tracker: Tracker) -> None:
-        """The baselines to the W&B summary and the log."""
-        summary = {
-            f"baseline/{kind}/{key}/{name}": value
-            for kind, found in baselines.items()
-            for key in ("losses", "accuracy")
-            for name, value in found[key].items()
-        }
-        tracker.summary({**summary, **{f"baseline/{k}/loss": f["loss"] for k, f in baselines.items()}})
-        best = baselines["best"]
-        found = f"loss {best['loss']:.5f}{_accuracies(best)}"
-        log.info("baselines on the validation split (best per target): %s", found)
 
     # -- the epochs -----------------------------------------------------------------------------
 
@@ -389,8 +367,3 @@ class Trainer:
         if p.best_state is None:  # no finite validation loss: the best model is the last one
             p.best_epoch, p.best_loss = p.epoch, math.nan
         tracker.summary({"best_epoch": p.best_epoch, "best_validation_loss": p.best_loss, "epochs": p.epoch})
-
-
-def _accuracies(evaluation: dict) -> str:
-    """ ", accuracy of {target} {value}" for each categorical target of an evaluation, for the log."""
-    return "".join(f", accuracy of {n} {v:.4f}" for n, v in evaluation["accuracy"].items())

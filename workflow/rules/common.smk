@@ -6,6 +6,8 @@ import yaml
 from snakemake.utils import validate
 
 from sequifier import config as stage_config
+from sequifier.errors import ConfigError
+from sequifier.infer import sampling
 from sequifier.search import leaderboard
 from sequifier.search import space
 from sequifier.preprocess.plan import make_plan
@@ -159,6 +161,10 @@ RUN_CONFIGS = space.run_configs(
     "config/config.yaml: search" if SEARCH else config["train"],
     run_overrides,
 )
+# A run's init_from model is there before any job starts (Snakemake would keep the models of a run
+# trained before, rather than say that it is missing), and not in a run's folder (Snakemake empties
+# it before it trains that run again).
+space.check_init_from(RUNS, RUN_CONFIGS, "config/config.yaml: search", config["train"], f"{RESULTS}/runs")
 
 
 def resolved_run_config(wildcards):
@@ -198,6 +204,13 @@ def train_command(wildcards, input, resources):
     return shlex.join(lifecycle.launch_command(input.config, resources.gpu, resume=True, nodes=nodes))
 
 
+def init_from_input(wildcards):
+    """The model the run starts from (init_from), an input of its train job: its stamp covers it, so
+    a changed model trains the run again from scratch."""
+    source = space.init_from_file(RUN_CONFIGS[wildcards.run])
+    return [str(source)] if source is not None else []
+
+
 def checkpoints_folder(wildcards):
     return RUN_CONFIGS[wildcards.run]["checkpoints_path"]
 
@@ -234,8 +247,21 @@ def infer_overrides():
     return {"project_root": ".", "model_path": None, "metadata_config_path": f"{RESULTS}/metadata.json"}
 
 
-# Validated now, as the train configs are: a bad infer config stops the workflow before any job.
+# Validated now, as the train configs are: a bad infer config stops the workflow before any job,
+# and so do sampling keys that would do nothing (or are no number), as `sequifier infer` says.
 INFER_CONFIGS = {name: stage_config.load("infer", path, infer_overrides()) for name, path in INFER_FILES.items()}
+
+
+def check_sampling_keys():
+    for name, loaded in INFER_CONFIGS.items():
+
+        def fail(message, path=INFER_FILES[name]):
+            raise ConfigError(f"{path}: {message}")
+
+        sampling.check_keys(loaded, fail)
+
+
+check_sampling_keys()
 
 
 def infer_flags(wildcards):

@@ -24,9 +24,10 @@ rule run_config:
 # train_command gives (python, or torchrun with a process per GPU when gpu > 1), its outcome kept.
 # A job that is killed, times out or crashes leaves its checkpoints, and the next attempt resumes
 # from the last one (continue_training). Only then: the stamp of the inputs (run config, metadata,
-# GPU count) lives in the checkpoints folder while a run is unfinished, and checkpoints without the
-# same stamp are dropped, so a changed or finished run trains from scratch. The metrics CSV is
-# copied into place last: the outputs are complete only when training and export are.
+# the model of init_from, GPU count) lives in the checkpoints folder while a run is unfinished, and
+# checkpoints without the same stamp are dropped, so a changed or finished run (or one whose
+# init_from model changed) trains from scratch. The metrics CSV is copied into place last: the
+# outputs are complete only when training and export are.
 # Only bad settings or bad data (sequifier's exit 2, also under torchrun) make a run `failed`,
 # and that does not stop the other runs: the job ends with status.json {"status": "failed"}, an
 # empty models folder and an empty metrics.csv, and the leaderboard marks the run failed;
@@ -37,6 +38,7 @@ rule train:
     input:
         config=run_path("train.yaml"),
         metadata=f"{RESULTS}/metadata.json",
+        init_from=init_from_input,
         splits=split_files(),
     output:
         models=directory(run_path("models")),
@@ -54,7 +56,7 @@ rule train:
     conda:
         CONDA_ENV
     shell:
-        "python -m sequifier train-run --run {wildcards.run:q} --inputs {input.config:q} {input.metadata:q} "
+        "python -m sequifier train-run --run {wildcards.run:q} --inputs {input.config:q} {input.metadata:q} {input.init_from:q} "
         "--checkpoints {params.checkpoints:q} --metrics {params.metrics:q} --metrics-copy {output.metrics:q} "
         "--models {output.models:q} --status {output.status:q} --log {log:q} --gpus {resources.gpu} "
         "--threads {threads} -- {params.training}"
