@@ -121,7 +121,7 @@ def _check_columns(plan: InferPlan, args, data_metadata: Metadata, metadata_name
             )
         if kinds[name] != kind:
             plan.fail(f"column '{name}' is {kinds[name]} in the data ({metadata_name}), {kind} in the model")
-    width = args.seq_length + args.target_offset - 1  # the inputs and the item k steps after them
+    width = args.window_length  # the inputs and the item target_offset steps after them
     if width > data_metadata.seq_length:
         ahead = f" and predicts {args.target_offset} steps ahead" if args.target_offset > 1 else ""
         plan.fail(
@@ -228,7 +228,7 @@ def model_setup(plan: InferPlan, model_path: Path, args, description: dict) -> M
         data_path,
         config["read_format"],
         inputs,
-        args.seq_length + args.target_offset - 1,
+        args.window_length,
         metadata_name,
         remedy=remedy,
     )

@@ -40,6 +40,12 @@ class ModelArgs:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def window_length(self) -> int:
+        """The preprocessing seq_length W a window must have (it stores W + 1 items): the model's
+        seq_length inputs, then the target `target_offset` items after the last of them."""
+        return self.seq_length + self.target_offset - 1
+
     @classmethod
     def from_dict(cls, data: dict) -> "ModelArgs":
         data = dict(data)

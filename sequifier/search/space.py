@@ -110,7 +110,8 @@ def run_configs(ids: dict, base: dict, source: str, overrides) -> dict:
 
 def init_from_file(resolved: dict) -> Path | None:
     """The model a run starts from (init_from of its resolved train config, under its project
-    root), or None: an input of the run, so that a new one trains it again."""
+    root), or None: an input of the run, so that a new one trains it again. (As
+    `sequifier.train.transfer.source_path`, which the workflow's parsing does not import: torch.)"""
     if not resolved["init_from"]:
         return None
     return Path(resolved["project_root"]) / resolved["init_from"]

@@ -103,7 +103,6 @@ class Evaluator:
         sums = {kind: ({}, {}) for kind in BASELINES}
         objective, length, k = self.objective, self.objective.length, self.objective.offset
         for batch in self.batches():
-            objective.inputs(batch, self.config["input_columns"], self.device)  # the masks, if any
             mask = objective.mask(batch, self.device)
             for name in self.targets:
                 target = objective.targets_of(batch, name, self.device)

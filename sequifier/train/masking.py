@@ -114,6 +114,7 @@ class MaskedObjective(Objective):
     def __init__(self, args, training_spec: dict, probability: float, device):
         super().__init__(args, training_spec, args.seq_length, device)
         self.columns, self.probability = args.input_columns, probability
+        self.names = [name for name, *_ in args.input_columns]
         self.generator, self.per_window = torch.Generator(), True
 
     def reseed(self, seed: int | None) -> None:
@@ -122,23 +123,30 @@ class MaskedObjective(Objective):
         if seed is not None:
             self.generator.manual_seed(seed)
 
-    def inputs(self, batch: dict, columns, device) -> dict:
-        """The window's items 1..W, corrupted; the chosen items noted in the batch (for the loss)."""
-        items = {name: batch[name][:, 1:].cpu() for name in columns}
+    def _choose(self, batch: dict) -> tuple:
+        """(the chosen items [windows, seq_length], the draws to go on with, the items 1..W of the
+        input columns), the chosen noted in the batch (for the loss)."""
+        items = {name: batch[name][:, 1:].cpu() for name in self.names}
         split_start = batch[SPLIT_START].cpu()
         own = own_items(split_start, self.seq_length)
         if self.per_window:
             draws = WindowDraws(items, split_start)
         else:
             draws = GeneratorDraws(self.generator, own.shape)
-        chosen = at_least_one(own, own & (draws.uniform() < self.probability), draws)
-        batch[CHOSEN] = chosen
-        corrupted = corrupt(items, [c for c in self.columns if c[0] in items], chosen, draws)
+        batch[CHOSEN] = at_least_one(own, own & (draws.uniform() < self.probability), draws)
+        return batch[CHOSEN], draws, items
+
+    def inputs(self, batch: dict, columns, device) -> dict:
+        """The window's items 1..W, corrupted; the chosen items noted in the batch (for the loss)."""
+        chosen, draws, items = self._choose(batch)
+        corrupted = corrupt(items, [c for c in self.columns if c[0] in columns], chosen, draws)
         return {name: value.to(device, non_blocking=True) for name, value in corrupted.items()}
 
     def mask(self, batch: dict, device) -> torch.Tensor:
-        """[windows, seq_length]: the chosen items (drawn by `inputs`)."""
-        return batch[CHOSEN].to(device)
+        """[windows, seq_length]: the chosen items (drawn by `inputs`, or here for a batch that no
+        model reads, such as the baselines')."""
+        chosen = batch[CHOSEN] if CHOSEN in batch else self._choose(batch)[0]
+        return chosen.to(device)
 
 
 def make_objective(config: dict, args, prediction_length: int, device) -> Objective:

@@ -57,9 +57,9 @@ class TrainPlan:
         """How to read the windows at `path`: the stored columns, and the ones the model uses."""
         config = self.config
         keep = dict.fromkeys([*config["input_columns"], *config["target_columns"]])
-        width = config["seq_length"] + config["target_offset"] - 1  # items read: seq_length + target_offset
         return WindowSource.of(
-            self.metadata, path, config["read_format"], keep, width, str(self.metadata_path),
+            self.metadata, path, config["read_format"], keep, self.model_args().window_length,
+            str(self.metadata_path),
             remedy="set metadata_config_path to the metadata they were written with, or "
             "training_data_path and validation_data_path to this metadata's windows (null: its own)",
         )  # fmt: skip

@@ -9,7 +9,6 @@ import contextlib
 import copy
 import logging
 import os
-from pathlib import Path
 
 import torch
 
@@ -102,9 +101,9 @@ def run(loaded: dict, source: str = "train config") -> dict:
         latest = checkpoint.latest(plan.checkpoints, plan.name) if spec["continue_training"] else None
         if latest is not None:
             trainer.resume(latest)
-        if latest is None and plan.config["init_from"]:  # a resumed fine-tuning has its checkpoint
-            path = Path(plan.config["project_root"]) / plan.config["init_from"]
-            transfer.init_from(trainer.model, path, plan.metadata.to_dict(), plan.source)
+        source = transfer.source_path(plan.config)
+        if latest is None and source is not None:  # a resumed fine-tuning has its checkpoint
+            transfer.init_from(trainer.model, source, plan.metadata.to_dict(), plan.source)
         log.info(
             "training %s: %d parameters, %d training and %d validation windows, %d process(es)",
             plan.name,

@@ -267,6 +267,11 @@ class Transfer:
         state["encoders.project.bias"].copy_(weights["encoders.project.bias"])
 
 
+def source_path(config: dict) -> Path | None:
+    """The model file that init_from of a train config names (under project_root), or None."""
+    return Path(config["project_root"]) / config["init_from"] if config["init_from"] else None
+
+
 def _own_checkpoint(plan, path: Path) -> None:
     """Refuse a checkpoint of the run's own model name that a fresh run would remove before reading it."""
     if plan.config["training_spec"]["continue_training"] or not path.is_file():
@@ -288,11 +293,11 @@ def check_plan(plan) -> None:
     No init_from to check where a run will resume from its own checkpoint: it does not read it."""
     config = plan.config
     check_freeze(plan.model_args(), config["training_spec"]["freeze"], plan.source)
-    if not config["init_from"]:
+    path = source_path(config)
+    if path is None:
         return
     if config["training_spec"]["continue_training"] and checkpoint.latest(plan.checkpoints, plan.name):
         return
-    path = Path(config["project_root"]) / config["init_from"]
     _own_checkpoint(plan, path)
     old_args, _, old_metadata = read_source(path, plan.source)
     Transfer(path, old_args, plan.model_args(), old_metadata, plan.metadata.to_dict()).check(plan.source)
